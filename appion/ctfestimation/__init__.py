@@ -1,0 +1,1 @@
+"""CTF estimation of micrographs and movies."""

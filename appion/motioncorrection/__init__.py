@@ -1,0 +1,1 @@
+"""Motion correction of dose-fractionated movies."""

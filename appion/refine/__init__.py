@@ -1,0 +1,1 @@
+"""Refinement jobs on processing hosts, job lifecycle and workflows."""
