@@ -1,0 +1,71 @@
+"""Create missing tables; report what is missing.  Existing tables are never altered or dropped.
+
+A site pointing appion at its live Leginon/Appion databases must keep every table exactly
+as it is, so `db init` only ever issues CREATE TABLE for tables that do not exist yet.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from django.apps import apps
+from django.db import connections
+
+from appion.base.db.router import alias_for
+
+
+@dataclass
+class SchemaReport:
+    """Per database alias: tables missing entirely, and columns missing from existing tables."""
+
+    missing_tables: dict[str, list[str]] = field(default_factory=dict)
+    missing_columns: dict[str, list[str]] = field(default_factory=dict)  # "table" -> columns
+
+    @property
+    def complete(self) -> bool:
+        return not any(self.missing_tables.values()) and not self.missing_columns
+
+
+def all_models():
+    return [m for m in apps.get_app_config("sinedon").get_models() if not m._meta.abstract]
+
+
+def expected_columns(model) -> list[str]:
+    return [f.column for f in model._meta.concrete_fields]
+
+
+def calc_schema_report() -> SchemaReport:
+    report = SchemaReport()
+    by_alias: dict[str, list] = {}
+    for model in all_models():
+        by_alias.setdefault(alias_for(model), []).append(model)
+    for alias, models in by_alias.items():
+        conn = connections[alias]
+        with conn.cursor() as cur:
+            tables = set(conn.introspection.table_names(cur))
+            missing = []
+            for model in models:
+                table = model._meta.db_table
+                if table not in tables:
+                    missing.append(table)
+                    continue
+                have = {c.name for c in conn.introspection.get_table_description(cur, table)}
+                lacking = [c for c in expected_columns(model) if c not in have]
+                if lacking:
+                    report.missing_columns[table] = lacking
+            report.missing_tables[alias] = missing
+    return report
+
+
+def create_missing_tables() -> list[str]:
+    """CREATE TABLE for every model whose table does not exist; returns the tables created."""
+    created = []
+    report = calc_schema_report()
+    missing = {t for ts in report.missing_tables.values() for t in ts}
+    for model in all_models():
+        if model._meta.db_table not in missing:
+            continue
+        conn = connections[alias_for(model)]
+        with conn.schema_editor() as editor:
+            editor.create_model(model)
+        created.append(model._meta.db_table)
+    return created

@@ -1,0 +1,111 @@
+"""Build Django settings from appion's config and start Django (once per process)."""
+from __future__ import annotations
+
+import threading
+
+import django
+from django.conf import settings
+from django.db.backends.signals import connection_created
+
+from appion.base.config import AppionConfig, ConfigError, DatabaseURL, load_config
+
+_lock = threading.RLock()
+_config: AppionConfig | None = None
+
+# Database aliases.  With SQLite everything is the single 'default' alias.
+LEGINON, PROJECT, APPION = "default", "project", "appion"
+
+
+class DatabaseUnavailable(Exception):
+    """The database cannot be reached or used (message is one line, no credentials)."""
+
+
+def _django_db(url: DatabaseURL) -> dict:
+    if url.engine == "sqlite":
+        return {"ENGINE": "django.db.backends.sqlite3", "NAME": url.name, "OPTIONS": {"timeout": 60}}
+    return {"ENGINE": "django.db.backends.mysql", "NAME": url.name, "USER": url.user, "PASSWORD": url.password,
+            "HOST": url.host, "PORT": str(url.port),
+            "OPTIONS": {"charset": "utf8mb4", "connect_timeout": 10},
+            "CONN_MAX_AGE": None, "CONN_HEALTH_CHECKS": True,
+            "TEST": {"NAME": None}}
+
+
+def build_databases(config: AppionConfig) -> dict:
+    """Django DATABASES: one alias for SQLite; leginon/project/appion aliases for MySQL."""
+    if config.embedded:
+        return {LEGINON: _django_db(config.leginon)}
+    appion = config.appion or DatabaseURL("mysql", "", config.project.user, config.project.password,
+                                          config.project.host, config.project.port)
+    return {LEGINON: _django_db(config.leginon), PROJECT: _django_db(config.project), APPION: _django_db(appion)}
+
+
+def _on_sqlite_connect(sender, connection, **kwargs):
+    # WAL lets a session importer and the loop write the same embedded file without blocking readers.
+    if connection.vendor == "sqlite":
+        with connection.cursor() as cur:
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA busy_timeout=60000")
+            cur.execute("PRAGMA synchronous=NORMAL")
+
+
+def bootstrap(config: AppionConfig | None = None) -> AppionConfig:
+    """Configure and start Django once; later calls return the active config."""
+    global _config
+    with _lock:
+        if _config is not None:
+            return _config
+        if settings.configured:  # re-entered from django.setup() importing our models
+            return _config  # type: ignore[return-value]
+        config = config or load_config()
+        if config.embedded:
+            config.home.mkdir(parents=True, exist_ok=True)
+            from pathlib import Path
+            Path(config.leginon.name).parent.mkdir(parents=True, exist_ok=True)
+        settings.configure(
+            DEBUG=False,
+            USE_TZ=False,
+            TIME_ZONE="UTC",
+            DATABASES=build_databases(config),
+            DATABASE_ROUTERS=["appion.base.db.router.SinedonRouter"],
+            INSTALLED_APPS=["appion.base.db.apps.SinedonConfig"],
+            DEFAULT_AUTO_FIELD="django.db.models.AutoField",
+            SECRET_KEY="appion-is-not-a-website-with-sessions",
+            LOGGING_CONFIG=None,
+        )
+        connection_created.connect(_on_sqlite_connect)
+        _config = config
+        django.setup()
+        return config
+
+
+def current_config() -> AppionConfig:
+    return bootstrap()
+
+
+def use_appion_database(project_id: int | None = None, name: str | None = None) -> str:
+    """Point the appion alias at a project's database (classic: processingdb.appiondb).
+
+    With SQLite this is a no-op (one file).  Returns the database name in use.
+    """
+    from django.db import connections
+
+    from appion.base.db.models import ProcessingDB
+
+    config = bootstrap()
+    if config.embedded:
+        return config.leginon.name
+    if name is None:
+        if config.appion is not None and project_id is None:
+            return config.appion.name
+        if project_id is None:
+            raise ConfigError("no appion database configured: give a project id (classic -p/--projectid) "
+                              "or set [database] appion in the config")
+        row = ProcessingDB.objects.filter(project_id=project_id).order_by("-id").first()
+        if row is None or not row.appiondb:
+            raise ConfigError(f"project {project_id} has no processingdb row naming its appion database")
+        name = row.appiondb
+    conn = connections[APPION]
+    if conn.settings_dict["NAME"] != name:
+        conn.close()
+        conn.settings_dict["NAME"] = name
+    return name
