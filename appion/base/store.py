@@ -49,8 +49,11 @@ def store_session(settings: ImportSettings, project_name: str = DEFAULT_PROJECT)
     return session
 
 
-def store_gain(session, gain_path: Path, camera):
-    """NormImageData for the gain reference; the file is copied into the session's image path."""
+def store_gain(session, gain_path: Path):
+    """NormImageData for the gain reference (one per gain file, shared by every exposure).
+
+    The file is copied into the session's image path, where Leginon keeps its references.
+    """
     image_dir = Path(session.image_path)
     image_dir.mkdir(parents=True, exist_ok=True)
     target = image_dir / gain_path.name
@@ -59,7 +62,7 @@ def store_gain(session, gain_path: Path, camera):
         shutil.copyfile(gain_path, tmp)
         tmp.replace(target)
     stem = target.name.rsplit(".", 1)[0]
-    norm, _ = insert(m.NormImageData, session=session, camera=camera, image=target.name, filename=stem)
+    norm, _ = insert(m.NormImageData, session=session, image=target.name, filename=stem)
     return norm
 
 
@@ -98,7 +101,7 @@ def store_exposure(session, settings: ImportSettings, movie_path: Path, header: 
                            frame_flip=bool(settings.frame_flip), frames_name=movie_path.name,
                            exposure_time=(meta.exposure_time_s or 0.0) * 1e3 or None,
                            frame_time=((meta.exposure_time_s or 0.0) * 1e3 / header.n_frames) or None)
-        norm = store_gain(session, gain_path, camera) if gain_path else None
+        norm = store_gain(session, gain_path) if gain_path else None
         image, created = insert(m.AcquisitionImageData, session=session, image=f"{filename}.mrc", filename=filename,
                                 label="imported", scope=scope, camera=camera, preset=preset, norm=norm,
                                 use_frames=None)
