@@ -1,6 +1,6 @@
 """Electron-optics conventions shared by the simulator and both engines.
 
-Everything here follows CTFFIND's conventions (see docs/physics.md):
+Everything here follows CTFFIND's conventions (docs/conventions.md):
 defocus in Å, positive = underfocus; astigmatism azimuth in degrees counter-clockwise
 from the image x axis (numpy axis 1 = x, axis 0 = y, as the MRC array is read);
 spatial frequency k in 1/Å.  Keeping one copy of these formulas is what makes the
