@@ -1,0 +1,555 @@
+"""Processing hosts as data, and the pure functions that speak to their schedulers.
+
+A site lists its clusters once (config `[hosts.<name>]`, see `calc_hosts_from_config`);
+everything a scheduler needs — header lines, the submit/status/cancel argument lists, how
+to read a job id or a state from its output — is computed here without running anything,
+so each scheduler's dialect can be tested as text.  Running the commands is the tracker's
+job (appion.refine.tracker).
+
+A site's hosts, in `$APPION_HOME/config.toml` (or a file named by `[jobs] hosts_file`); the
+first host is the default:
+
+    [hosts.garibaldi]
+    scheduler = "torque"              # slurm | pbs (torque) | sge | lsf
+    queue = "batch"                   # default queue / partition
+    account = ""                      # optional
+    shell = "/bin/bash"
+    max_nodes = 8                     # limits (any may be left out): max_ppn, max_walltime_h,
+    max_walltime_h = 240              #   max_cputime_h, max_mem_gb, max_pmem_mb
+    header_lines = ["-m n"]           # extra directives (prefix added unless the line starts with #)
+    pre_lines = ["module load relion/3.1"]   # shell lines run before the commands
+
+    [jobs]
+    rundir_roots = ["/data/appion"]   # job files are only written below these (default: appion_base)
+    archive_after_s = 604800          # COMPLETED -> ARCHIVED (manifest, files read-only)
+    expire_after_s = 2592000          # -> EXPIRED (run directory removed, database rows kept)
+    poll_interval_s = 10
+
+Resources follow classic Appion's processing hosts (walltime and cputime in hours, memory in
+GB, memory per process in MB).  Scheduler dialects:
+
+| resource         | Slurm                  | PBS/Torque         | SGE                  | LSF                       |
+|------------------|------------------------|--------------------|----------------------|---------------------------|
+| nodes × ppn      | -N n, --ntasks-per-node| -l nodes=n:ppn=p   | -pe <pe> n·p         | -n n·p, -R "span[ptile=p]"|
+| walltime         | -t H:MM:SS             | -l walltime=       | -l h_rt=             | -W H:MM                   |
+| cputime          | (no such limit)        | -l cput=           | -l h_cpu=            | -c H:MM                   |
+| memory           | --mem=XG               | -l mem=Xgb         | -l mem_free=XG       | -M XGB                    |
+| memory/process   | --mem-per-cpu=XM       | -l pmem=Xmb        | -l h_vmem=XM         | -R "rusage[mem=XMB]"      |
+| queue / account  | -p / -A                | -q / -A            | -q / -A              | -q / -P                   |
+"""
+from __future__ import annotations
+
+import math
+import re
+import shlex
+from dataclasses import dataclass, field, replace
+from pathlib import PurePosixPath
+
+SCHEDULERS = ("slurm", "pbs", "sge", "lsf")
+PREFIX = {"slurm": "#SBATCH", "pbs": "#PBS", "sge": "#$", "lsf": "#BSUB"}
+SCHEDULER_ALIASES = {"torque": "pbs", "pbs": "pbs", "slurm": "slurm", "sge": "sge", "lsf": "lsf",
+                     "gridengine": "sge"}
+
+# Header values end up on '#SBATCH ...' lines: a newline would smuggle in a directive, a space an option.
+_SAFE_WORD = re.compile(r"^[A-Za-z0-9_.+:@=,-]+$")
+# Run directories appear in header lines (output file) and in the job file: no whitespace, quotes,
+# shell or scheduler pattern characters (% is a filename pattern for sbatch).
+_SAFE_PATH = re.compile(r"^[A-Za-z0-9_./+:@=,~-]+$")
+
+
+class HostConfigError(ValueError):
+    """The site's processing-host configuration is wrong (names the host and the key)."""
+
+
+class HostLimitError(ValueError):
+    """A request exceeds what the chosen host allows (or is not a valid request)."""
+
+
+class RunDirError(ValueError):
+    """A run directory is not acceptable for a job file."""
+
+
+class SchedulerOutputError(ValueError):
+    """A scheduler's output could not be understood."""
+
+
+@dataclass(frozen=True)
+class HostLimits:
+    """Upper bounds a site allows on a host; None means no limit."""
+
+    max_nodes: int | None = None
+    max_ppn: int | None = None
+    max_walltime_h: float | None = None
+    max_cputime_h: float | None = None
+    max_mem_gb: float | None = None
+    max_pmem_mb: float | None = None
+
+
+@dataclass(frozen=True)
+class ProcessingHost:
+    """One cluster (or workstation queue) a job can be sent to."""
+
+    name: str
+    scheduler: str  # one of SCHEDULERS
+    queue: str = ""  # default queue / partition
+    account: str = ""
+    shell: str = "/bin/bash"
+    limits: HostLimits = field(default_factory=HostLimits)
+    header_lines: tuple[str, ...] = ()  # extra directives ('--exclusive' gets the prefix; '#...' is verbatim)
+    pre_lines: tuple[str, ...] = ()  # shell lines run before the commands (module load ...), written verbatim
+    sge_pe: str = "smp"  # SGE parallel environment for slots
+
+
+@dataclass(frozen=True)
+class JobRequest:
+    """What a job asks of a host (classic runJob.py units)."""
+
+    name: str
+    nodes: int = 1
+    ppn: int = 1
+    walltime_h: float | None = None
+    cputime_h: float | None = None
+    mem_gb: float | None = None
+    pmem_mb: float | None = None
+    queue: str = ""
+    account: str = ""
+    output_path: str = ""  # scheduler's stdout/stderr file
+
+
+@dataclass(frozen=True)
+class SubmitCommand:
+    """An argument list, plus a file for stdin when the scheduler reads the script there (LSF)."""
+
+    argv: list[str]
+    stdin_path: str | None = None
+
+
+# ---------------------------------------------------------------- configuration
+def _opt_float(host: str, spec: dict, key: str) -> float | None:
+    value = spec.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+        raise HostConfigError(f"host {host!r}: {key} must be a positive number, not {value!r}")
+    return float(value)
+
+
+def _opt_int(host: str, spec: dict, key: str) -> int | None:
+    value = spec.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise HostConfigError(f"host {host!r}: {key} must be a positive integer, not {value!r}")
+    return value
+
+
+def _lines(host: str, spec: dict, key: str) -> tuple[str, ...]:
+    value = spec.get(key, [])
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not all(isinstance(v, str) and "\n" not in v for v in value):
+        raise HostConfigError(f"host {host!r}: {key} must be a list of single-line strings")
+    return tuple(value)
+
+
+_HOST_KEYS = {"name", "scheduler", "queue", "account", "shell", "header_lines", "pre_lines", "sge_pe", "max_nodes",
+              "max_ppn", "max_walltime_h", "max_cputime_h", "max_mem_gb", "max_pmem_mb"}
+
+
+def calc_host(name: str, spec: dict) -> ProcessingHost:
+    """One host from its config table, checked (unknown keys are errors: a typo must not pass silently)."""
+    if not isinstance(spec, dict):
+        raise HostConfigError(f"host {name!r}: must be a table")
+    unknown = sorted(set(spec) - _HOST_KEYS)
+    if unknown:
+        raise HostConfigError(f"host {name!r}: unknown keys {', '.join(unknown)} (known: {', '.join(sorted(_HOST_KEYS))})")
+    scheduler = SCHEDULER_ALIASES.get(str(spec.get("scheduler", "")).lower())
+    if scheduler is None:
+        raise HostConfigError(f"host {name!r}: scheduler must be one of slurm, pbs (torque), sge, lsf; "
+                              f"got {spec.get('scheduler')!r}")
+    for key in ("queue", "account", "sge_pe"):
+        value = spec.get(key, "")
+        if value and not (isinstance(value, str) and _SAFE_WORD.match(value)):
+            raise HostConfigError(f"host {name!r}: {key} {value!r} may only hold letters, digits and _.+:@=,-")
+    shell = spec.get("shell", "/bin/bash")
+    if not (isinstance(shell, str) and shell.startswith("/") and _SAFE_PATH.match(shell)):
+        raise HostConfigError(f"host {name!r}: shell must be an absolute path, not {shell!r}")
+    limits = HostLimits(max_nodes=_opt_int(name, spec, "max_nodes"), max_ppn=_opt_int(name, spec, "max_ppn"),
+                        max_walltime_h=_opt_float(name, spec, "max_walltime_h"),
+                        max_cputime_h=_opt_float(name, spec, "max_cputime_h"),
+                        max_mem_gb=_opt_float(name, spec, "max_mem_gb"),
+                        max_pmem_mb=_opt_float(name, spec, "max_pmem_mb"))
+    return ProcessingHost(name=name, scheduler=scheduler, queue=spec.get("queue", ""),
+                          account=spec.get("account", ""), shell=shell, limits=limits,
+                          header_lines=_lines(name, spec, "header_lines"), pre_lines=_lines(name, spec, "pre_lines"),
+                          sge_pe=spec.get("sge_pe", "smp"))
+
+
+DEFAULT_HOSTS = (ProcessingHost(name="localhost", scheduler="slurm"),)
+
+
+def calc_hosts_from_config(section) -> tuple[ProcessingHost, ...]:
+    """Hosts from a `[hosts]` config section, in file order (the first is the default).
+
+    Accepts `[hosts.<name>]` tables or a `[[hosts]]` array of tables with `name`.  An absent
+    section gives a single local Slurm host.
+    """
+    if not section:
+        return DEFAULT_HOSTS
+    if isinstance(section, dict):
+        items = list(section.items())
+    elif isinstance(section, list):
+        items = []
+        for i, spec in enumerate(section):
+            if not isinstance(spec, dict) or not spec.get("name"):
+                raise HostConfigError(f"hosts entry {i + 1} needs a name")
+            items.append((spec["name"], {k: v for k, v in spec.items() if k != "name"}))
+    else:
+        raise HostConfigError("[hosts] must be a table of hosts")
+    hosts = []
+    for name, spec in items:
+        if not _SAFE_WORD.match(str(name)):
+            raise HostConfigError(f"host name {name!r} may only hold letters, digits and _.+:@=,-")
+        hosts.append(calc_host(str(name), spec))
+    return tuple(hosts)
+
+
+def calc_pick_host(hosts: tuple[ProcessingHost, ...], name: str | None) -> ProcessingHost:
+    """The named host, or the first one (classic: the site's default processing host)."""
+    if not hosts:
+        raise HostConfigError("no processing hosts configured")
+    if not name:
+        return hosts[0]
+    for host in hosts:
+        if host.name == name:
+            return host
+    raise HostConfigError(f"no processing host named {name!r} (configured: {', '.join(h.name for h in hosts)})")
+
+
+# ---------------------------------------------------------------- requests
+def calc_checked_request(host: ProcessingHost, request: JobRequest) -> JobRequest:
+    """The request with the host's defaults filled in; refused (HostLimitError) if over a limit.
+
+    All problems are reported at once so a user fixes them in one go.
+    """
+    req = replace(request, queue=request.queue or host.queue, account=request.account or host.account)
+    problems = []
+    if req.nodes < 1 or req.ppn < 1:
+        problems.append(f"nodes and ppn must be at least 1 (got nodes={req.nodes}, ppn={req.ppn})")
+    for label, value in (("walltime", req.walltime_h), ("cputime", req.cputime_h), ("memory", req.mem_gb),
+                         ("memory per process", req.pmem_mb)):
+        if value is not None and not (value > 0 and math.isfinite(value)):
+            problems.append(f"{label} must be a positive number (got {value})")
+    for label, value in (("job name", req.name), ("queue", req.queue), ("account", req.account)):
+        if value and not _SAFE_WORD.match(value):
+            problems.append(f"{label} {value!r} may only hold letters, digits and _.+:@=,-")
+    if not req.name:
+        problems.append("job name is empty")
+    lim = host.limits
+    checks = (("nodes", req.nodes, lim.max_nodes, ""), ("processors per node", req.ppn, lim.max_ppn, ""),
+              ("walltime", req.walltime_h, lim.max_walltime_h, " h"), ("cputime", req.cputime_h, lim.max_cputime_h, " h"),
+              ("memory", req.mem_gb, lim.max_mem_gb, " GB"), ("memory per process", req.pmem_mb, lim.max_pmem_mb, " MB"))
+    for label, value, limit, unit in checks:
+        if value is not None and limit is not None and value > limit:
+            problems.append(f"{label} {value:g}{unit} is over the limit of {limit:g}{unit}")
+    if host.scheduler == "slurm" and req.mem_gb is not None and req.pmem_mb is not None:
+        problems.append("Slurm takes either memory (--mem) or memory per process (--mem-per-cpu), not both")
+    if problems:
+        raise HostLimitError(f"request refused by host {host.name!r} ({host.scheduler}): " + "; ".join(problems))
+    return req
+
+
+def format_hms(hours: float) -> str:
+    """Hours as H:MM:SS (rounded up to the second: a limit must never shrink)."""
+    total = int(math.ceil(hours * 3600 - 1e-9))
+    return f"{total // 3600}:{total % 3600 // 60:02d}:{total % 60:02d}"
+
+
+def format_hm(hours: float) -> str:
+    """Hours as H:MM for LSF (rounded up to the minute)."""
+    total = int(math.ceil(hours * 60 - 1e-9))
+    return f"{total // 60}:{total % 60:02d}"
+
+
+def _num(value: float) -> str:
+    """Memory amounts: whole numbers as integers, else rounded up to an integer (schedulers want integers)."""
+    return str(int(math.ceil(value - 1e-9)))
+
+
+def calc_header_lines(host: ProcessingHost, request: JobRequest) -> list[str]:
+    """Scheduler directives for a checked request (call calc_checked_request first)."""
+    s, r, p = host.scheduler, request, PREFIX[host.scheduler]
+    out: list[str] = []
+    if s == "slurm":
+        out += [f"-J {r.name}", f"-N {r.nodes}", f"--ntasks-per-node={r.ppn}"]
+        if r.walltime_h is not None:
+            out.append(f"-t {format_hms(r.walltime_h)}")
+        if r.mem_gb is not None:
+            out.append(f"--mem={_num(r.mem_gb)}G")
+        if r.pmem_mb is not None:
+            out.append(f"--mem-per-cpu={_num(r.pmem_mb)}M")
+        if r.queue:
+            out.append(f"-p {r.queue}")
+        if r.account:
+            out.append(f"-A {r.account}")
+        if r.output_path:
+            out.append(f"-o {r.output_path}")  # stderr joins stdout
+    elif s == "pbs":
+        out += [f"-N {r.name}", f"-l nodes={r.nodes}:ppn={r.ppn}"]
+        if r.walltime_h is not None:
+            out.append(f"-l walltime={format_hms(r.walltime_h)}")
+        if r.cputime_h is not None:
+            out.append(f"-l cput={format_hms(r.cputime_h)}")
+        if r.mem_gb is not None:
+            out.append(f"-l mem={_num(r.mem_gb)}gb")
+        if r.pmem_mb is not None:
+            out.append(f"-l pmem={_num(r.pmem_mb)}mb")
+        if r.queue:
+            out.append(f"-q {r.queue}")
+        if r.account:
+            out.append(f"-A {r.account}")
+        if r.output_path:
+            out += [f"-o {r.output_path}", "-j oe"]
+    elif s == "sge":
+        out += [f"-N {r.name}", f"-S {host.shell}", f"-pe {host.sge_pe} {r.nodes * r.ppn}"]
+        if r.walltime_h is not None:
+            out.append(f"-l h_rt={format_hms(r.walltime_h)}")
+        if r.cputime_h is not None:
+            out.append(f"-l h_cpu={format_hms(r.cputime_h)}")
+        if r.mem_gb is not None:
+            out.append(f"-l mem_free={_num(r.mem_gb)}G")
+        if r.pmem_mb is not None:
+            out.append(f"-l h_vmem={_num(r.pmem_mb)}M")
+        if r.queue:
+            out.append(f"-q {r.queue}")
+        if r.account:
+            out.append(f"-A {r.account}")
+        if r.output_path:
+            out += [f"-o {r.output_path}", "-j y"]
+    elif s == "lsf":
+        out += [f"-J {r.name}", f"-n {r.nodes * r.ppn}", f'-R "span[ptile={r.ppn}]"']
+        if r.walltime_h is not None:
+            out.append(f"-W {format_hm(r.walltime_h)}")
+        if r.cputime_h is not None:
+            out.append(f"-c {format_hm(r.cputime_h)}")
+        if r.mem_gb is not None:
+            out.append(f"-M {_num(r.mem_gb)}GB")
+        if r.pmem_mb is not None:
+            out.append(f'-R "rusage[mem={_num(r.pmem_mb)}MB]"')
+        if r.queue:
+            out.append(f"-q {r.queue}")
+        if r.account:
+            out.append(f"-P {r.account}")
+        if r.output_path:
+            out.append(f"-o {r.output_path}")  # stderr joins stdout
+    else:
+        raise HostConfigError(f"unknown scheduler {s!r}")
+    lines = [f"{p} {o}" for o in out]
+    lines += [h if h.startswith("#") else f"{p} {h}" for h in host.header_lines]
+    return lines
+
+
+# ---------------------------------------------------------------- run directories and job files
+def calc_checked_rundir(rundir: str, roots: list[str]) -> PurePosixPath:
+    """An absolute run directory below one of the configured roots; refused otherwise.
+
+    Pure: `..` is refused outright (never normalised away), so the caller's roots and the
+    directory are compared as written; the caller resolves symlinks in the roots beforehand.
+    """
+    text = str(rundir)
+    path = PurePosixPath(text)
+    if not text or not path.is_absolute():
+        raise RunDirError(f"run directory {text!r} must be an absolute path")
+    if ".." in path.parts:
+        raise RunDirError(f"run directory {text!r} contains '..'")
+    if not _SAFE_PATH.match(text):
+        raise RunDirError(f"run directory {text!r} may only hold letters, digits and _./+:@=,~- "
+                          "(no spaces, quotes, newlines or shell characters)")
+    for root in roots:
+        root_path = PurePosixPath(str(root))
+        if path == root_path or root_path in path.parents:
+            return path
+    raise RunDirError(f"run directory {text} is outside the configured run roots ({', '.join(map(str, roots))})")
+
+
+def calc_checked_runname(runname: str) -> str:
+    """A run name usable as a file name and scheduler job name."""
+    if not runname or not _SAFE_WORD.match(runname) or runname.startswith("-"):
+        raise RunDirError(f"run name {runname!r} may only hold letters, digits and _.+:@=,- (not starting with -)")
+    return runname
+
+
+@dataclass(frozen=True)
+class JobFiles:
+    """Where a job's bookkeeping files live (all inside the run directory)."""
+
+    rundir: str
+    runname: str
+
+    def _p(self, suffix: str) -> str:
+        return str(PurePosixPath(self.rundir) / f"{self.runname}{suffix}")
+
+    @property
+    def job_file(self) -> str:
+        return self._p(".appionsub.job")
+
+    @property
+    def output(self) -> str:
+        return self._p(".appionsub.log")
+
+    @property
+    def exitcode(self) -> str:
+        return self._p(".exitcode")
+
+    @property
+    def phase(self) -> str:
+        return self._p(".phase")
+
+    @property
+    def log(self) -> str:
+        return self._p(".appion.log")
+
+
+def calc_command_line(argv: list[str]) -> str:
+    """One shell line running argv exactly as given (every argument quoted on its own)."""
+    if not argv:
+        raise ValueError("empty command")
+    return " ".join(shlex.quote(str(a)) for a in argv)
+
+
+def calc_job_file_text(host: ProcessingHost, request: JobRequest, commands: list[list[str]], files: JobFiles,
+                       jobtype: str = "generic") -> str:
+    """The whole job file: shell line, directives, site lines, then the commands.
+
+    The file reports on itself so the tracker needs no scheduler accounting: it writes its
+    phase (PREPROCESSING, then RUNNING) to `<runname>.phase` and its exit status to
+    `<runname>.exitcode` from an EXIT trap (atomically: temporary name, then mv); a scheduler's
+    cancel signal (TERM) ends the script with status 143 so a cancelled job never reads as success.
+    """
+    q = shlex.quote
+    tmp = files.exitcode + ".tmp"
+    trap_body = f'rc=$?; printf "%s\\n" "$rc" > {q(tmp)} && mv -f {q(tmp)} {q(files.exitcode)}'
+    lines = [f"#!{host.shell}"]
+    lines += calc_header_lines(host, request)
+    lines += ["", f"# appion job {files.runname} ({jobtype}) for processing host {host.name} ({host.scheduler})",
+              f"trap {q(trap_body)} EXIT",
+              "trap 'exit 143' TERM; trap 'exit 130' INT; trap 'exit 129' HUP",  # cancelled: a non-zero status
+              f"cd {q(files.rundir)} || exit 1",
+              f"printf 'PREPROCESSING\\n' > {q(files.phase)}"]
+    lines += list(host.pre_lines)
+    lines += [f"printf 'RUNNING\\n' > {q(files.phase)}", "set -e"]
+    lines += [calc_command_line(c) for c in commands]
+    return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------- scheduler commands and their output
+def calc_submit_command(scheduler: str, job_file: str) -> SubmitCommand:
+    if scheduler == "slurm":
+        return SubmitCommand(["sbatch", job_file])
+    if scheduler in ("pbs", "sge"):
+        return SubmitCommand(["qsub", job_file])
+    if scheduler == "lsf":  # bsub reads #BSUB directives only from a script on stdin
+        return SubmitCommand(["bsub"], stdin_path=job_file)
+    raise HostConfigError(f"unknown scheduler {scheduler!r}")
+
+
+def calc_status_command(scheduler: str, job_id: int) -> list[str]:
+    j = str(int(job_id))
+    return {"slurm": ["squeue", "-h", "-j", j, "-o", "%T"], "pbs": ["qstat", j], "sge": ["qstat", "-u", "*"],
+            "lsf": ["bjobs", "-noheader", "-o", "stat", j]}[scheduler]
+
+
+def calc_cancel_command(scheduler: str, job_id: int) -> list[str]:
+    j = str(int(job_id))
+    return {"slurm": ["scancel", j], "pbs": ["qdel", j], "sge": ["qdel", j], "lsf": ["bkill", j]}[scheduler]
+
+
+def calc_final_state_command(scheduler: str, job_id: int) -> list[str] | None:
+    """A command that still knows a job after it left the queue (Slurm keeps it for MinJobAge)."""
+    if scheduler == "slurm":
+        return ["scontrol", "show", "job", str(int(job_id))]
+    return None
+
+
+_JOB_ID = {
+    "slurm": re.compile(r"Submitted batch job (\d+)"),
+    "pbs": re.compile(r"^\s*(\d+)(?:\.\S*)?\s*$", re.M),
+    "sge": re.compile(r"Your job(?:-array)? (\d+)"),
+    "lsf": re.compile(r"Job <(\d+)> is submitted"),
+}
+
+
+def parse_job_id(scheduler: str, stdout: str) -> int:
+    """The cluster job id from the submit command's output (Torque prints `N.host`)."""
+    match = _JOB_ID[scheduler].search(stdout)
+    if not match:
+        raise SchedulerOutputError(f"{scheduler} submit output has no job id: {stdout.strip()[:200]!r}")
+    return int(match.group(1))
+
+
+_SLURM = {"PENDING": "Q", "CONFIGURING": "Q", "REQUEUED": "Q", "REQUEUE_HOLD": "Q", "REQUEUE_FED": "Q",
+          "RESV_DEL_HOLD": "Q", "RUNNING": "R", "COMPLETING": "R", "SUSPENDED": "R", "STOPPED": "R",
+          "SIGNALING": "R", "STAGE_OUT": "R", "RESIZING": "R",
+          "COMPLETED": "D", "FAILED": "E", "CANCELLED": "E", "TIMEOUT": "E", "NODE_FAIL": "E", "PREEMPTED": "E",
+          "BOOT_FAIL": "E", "DEADLINE": "E", "OUT_OF_MEMORY": "E", "SPECIAL_EXIT": "E", "REVOKED": "E"}
+_PBS = {"Q": "Q", "W": "Q", "H": "Q", "T": "Q", "S": "R", "R": "R", "E": "R", "B": "R", "C": None, "F": None}
+_LSF = {"PEND": "Q", "PSUSP": "Q", "WAIT": "Q", "RUN": "R", "USUSP": "R", "SSUSP": "R", "PROV": "R",
+        "DONE": "D", "EXIT": "E", "ZOMBI": "E", "UNKWN": None}
+
+
+def parse_state(scheduler: str, job_id: int, stdout: str) -> str | None:
+    """Scheduler status output → 'Q', 'R', 'D', 'E', or None when the scheduler no longer lists the job.
+
+    None means "ask the job itself" (its exit-code file): these schedulers forget finished jobs.
+    """
+    text = stdout.strip()
+    if scheduler == "slurm":
+        if not text:
+            return None
+        word = text.split()[0].rstrip("+").upper()
+        if word not in _SLURM:
+            raise SchedulerOutputError(f"squeue reported an unknown state {word!r} for job {job_id}")
+        return _SLURM[word]
+    if scheduler == "pbs":
+        for line in text.splitlines():
+            cols = line.split()
+            if cols and cols[0].split(".")[0] == str(job_id) and len(cols) >= 5:
+                return _PBS.get(cols[4].upper())
+        return None
+    if scheduler == "sge":
+        for line in text.splitlines():
+            cols = line.split()
+            if cols and cols[0] == str(job_id) and len(cols) >= 5:
+                state = cols[4]
+                if "E" in state:
+                    return "E"  # Eqw: the job is stuck in error
+                if state.endswith("qw") or state in ("h", "w"):
+                    return "Q"
+                return "R"
+        return None
+    if scheduler == "lsf":
+        if not text or "not found" in text:
+            return None
+        word = text.split()[0].upper()
+        if word not in _LSF:
+            raise SchedulerOutputError(f"bjobs reported an unknown state {word!r} for job {job_id}")
+        return _LSF[word]
+    raise HostConfigError(f"unknown scheduler {scheduler!r}")
+
+
+def parse_final_state(scheduler: str, stdout: str) -> tuple[str | None, str]:
+    """(letter, scheduler's word) from the final-state command (`scontrol show job`): D, E or None."""
+    if scheduler != "slurm":
+        return None, ""
+    match = re.search(r"\bJobState=(\S+)", stdout)
+    if not match:
+        return None, ""
+    word = match.group(1).upper()
+    letter = _SLURM.get(word)
+    return (letter if letter in ("D", "E") else None), word
+
+
+def parse_exit_code(text: str) -> int | None:
+    """The job file's exit-code file: one integer (None when empty or garbled)."""
+    text = text.strip()
+    return int(text) if re.fullmatch(r"-?\d+", text) else None
