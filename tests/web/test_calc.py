@@ -1,0 +1,95 @@
+"""Pure helpers of the viewer: status roll-up, drift length, thumbnails, paging, read-only guard."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from appion.base.web import calc
+from appion.base.web.retrieve import calc_dashboard, calc_loop_state
+from appion.base.web.server import calc_allowed_hosts, calc_is_read
+
+
+def st(step, status, error=None, attempts=0):
+    return calc.StepState(step, status, attempts, error, 1.0, 2.0, 3.0)
+
+
+@pytest.mark.parametrize("states, expected", [
+    ([], ("new", None)),
+    ([st("motion", "done"), st("ctf", "done")], ("done", None)),
+    ([st("motion", "done"), st("ctf", "queued")], ("queued", None)),
+    ([st("motion", "done"), st("ctf", "running")], ("running", None)),
+    ([st("motion", "retry", "OSError: disk full"), st("ctf", "queued")], ("retry", "motion: OSError: disk full")),
+    ([st("motion", "failed", "MovieError: bad"), st("ctf", "queued")], ("failed", "motion: MovieError: bad")),
+    ([st("motion", "done"), st("ctf", "failed", None)], ("failed", "ctf: failed (no reason recorded)")),
+    ([st("motion", "done")], ("queued", None)),  # ctf row not written yet
+])
+def test_exposure_status_rollup(states, expected):
+    assert calc.calc_exposure_status(states, ["motion", "ctf"]) == expected
+
+
+def test_path_length_uses_every_step_and_the_last_position_when_truncated():
+    xs, ys = [0.0, 3.0, 3.0], [0.0, 4.0, 10.0]
+    assert calc.calc_path_length_px(xs, ys) == pytest.approx(5.0 + 6.0)
+    # 40 frames stored as the first 3 plus last (3, 20): the last segment is added
+    assert calc.calc_path_length_px(xs, ys, 3.0, 20.0, 40) == pytest.approx(5.0 + 6.0 + 10.0)
+    assert calc.calc_path_length_px(xs, ys, 3.0, 20.0, 3) == pytest.approx(11.0)
+    assert calc.calc_path_length_px(None, None) is None
+    assert calc.calc_path_length_px([1.0], [2.0]) == 0.0
+
+
+def test_thumbnail_bins_and_stretches_contrast():
+    y, x = np.mgrid[0:1000, 0:600]
+    image = (x / 600.0).astype(np.float32)
+    image[10, 10] = 1e6  # a hot pixel must not flatten the picture
+    thumb = calc.calc_thumbnail(image, 100)
+    assert thumb.dtype == np.uint8
+    assert thumb.shape == (100, 60)
+    row = thumb[50].astype(int)
+    assert row[0] <= 5 and row[-1] >= 250
+    assert np.all(np.diff(row) >= 0)
+    assert calc.calc_thumbnail(np.zeros((64, 64), np.float32), 32).shape == (32, 32)
+    with pytest.raises(ValueError, match="2-D"):
+        calc.calc_thumbnail(np.zeros((2, 8, 8)), 4)
+
+
+def test_paging_and_rates():
+    assert calc.calc_page_count(0, 100) == 1
+    assert calc.calc_page_count(5000, 100) == 50
+    assert calc.calc_page_count(5001, 100) == 51
+    assert calc.calc_page_number("3", 50) == 3
+    assert calc.calc_page_number("999", 50) == 50
+    assert calc.calc_page_number("-2", 50) == 1
+    assert calc.calc_page_number("x", 50) == 1
+    assert calc.calc_page_number(None, 50) == 1
+    assert calc.calc_rate_per_hour(30, 3600.0) == 30.0
+    assert calc.calc_span_rate_per_hour(11, 0.0, 600.0) == pytest.approx(60.0)
+    assert calc.calc_span_rate_per_hour(1, 0.0, 600.0) is None
+
+
+def test_resolution_and_astigmatism_units():
+    assert calc.calc_resolution_A(100000.0) is None
+    assert calc.calc_resolution_A(math.inf) is None
+    assert calc.calc_resolution_A(3.7) == 3.7
+    assert calc.calc_astigmatism_A(1.0e-6, 1.05e-6) == pytest.approx(500.0)
+
+
+def test_read_only_guard_classifies_statements():
+    assert calc_is_read("  SELECT 1")
+    assert calc_is_read("PRAGMA journal_mode=WAL")
+    assert calc_is_read("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
+    for sql in ("INSERT INTO x VALUES (1)", "UPDATE x SET a=1", "DELETE FROM x", "DROP TABLE x",
+                "CREATE TABLE y (a int)"):
+        assert not calc_is_read(sql)
+
+
+def test_allowed_hosts_and_loop_state_and_dashboard():
+    assert calc_allowed_hosts("0.0.0.0") == ["*"]
+    assert "localhost" in calc_allowed_hosts("127.0.0.1")
+    assert calc_loop_state("R", 100.0, 150.0) == "running"
+    assert calc_loop_state("R", 100.0, 1000.0) == "silent"
+    assert calc_loop_state("D", None, 0.0) == "done"
+    assert calc_dashboard('{"dashboard": "http://127.0.0.1:8787/status"}') == "http://127.0.0.1:8787/status"
+    assert calc_dashboard('{"steps": ["motion"]}') is None
+    assert calc_dashboard("not json") is None
