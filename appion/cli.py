@@ -7,6 +7,8 @@ import logging
 import os
 import sys
 
+from django.core.exceptions import ImproperlyConfigured
+
 from appion import __version__
 from appion.base.config import CONFIG_ENV, ConfigError
 
@@ -59,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
             module.add_parser(sub)
         args = parser.parse_args(argv)
         return int(args.func(args) or 0)
-    except ConfigError as exc:
+    except (ConfigError, ImproperlyConfigured) as exc:  # the latter e.g. when mysqlclient is not installed
         print(f"appion: configuration error: {_one_line(exc)}", file=sys.stderr)
         return 2
     except DjangoDbError as exc:

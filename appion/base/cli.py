@@ -6,7 +6,7 @@ import logging
 import signal
 import sys
 import time
-from dataclasses import replace
+from collections.abc import Callable
 from pathlib import Path
 
 from appion.base import movies
@@ -24,17 +24,25 @@ log = logging.getLogger("appion.session")
 
 
 # ---------------------------------------------------------------- db
+UNNAMED_APPION = ("no appion database is configured (it is found per project through processingdb), "
+                  "so its tables were not {}: set [database] appion to include them")
+
+
 def cmd_db_init(args) -> int:
     config = current_config()
     created = create_missing_tables()
     where = config.leginon.safe if config.embedded else (
-        f"{config.leginon.safe}, {config.project.safe}, {config.appion.safe if config.appion else 'the project appion database'}")
+        f"{config.leginon.safe}, {config.project.safe}" + (f", {config.appion.safe}" if config.appion else ""))
     print(f"created {len(created)} tables in {where}" + (f": {', '.join(created)}" if created else ""))
+    if config.appion is None and not config.embedded:
+        print(UNNAMED_APPION.format("created"))
     return 0
 
 
 def cmd_db_check(args) -> int:
     report = calc_schema_report()
+    if report.unnamed_aliases:
+        print(UNNAMED_APPION.format("checked"))
     for alias, tables in report.missing_tables.items():
         for t in tables:
             print(f"missing table {t} ({alias})")
@@ -47,8 +55,11 @@ def cmd_db_check(args) -> int:
 
 
 # ---------------------------------------------------------------- session import
+GAIN_SUFFIXES = (".mrc", ".tif", ".tiff")
+
+
 def _import_one(session, settings: ImportSettings, path: Path, known: set[str]) -> str:
-    """Register one movie; returns 'new', 'known' or raises MovieError."""
+    """Register one movie; returns 'new' or 'known', or raises MovieError."""
     name = calc_movie_filename(path)
     if name in known:
         return "known"
@@ -58,21 +69,32 @@ def _import_one(session, settings: ImportSettings, path: Path, known: set[str]) 
                              dose_e_per_A2=settings.dose_e_per_A2)
     header, meta = read_exposure_metadata(path, flags)
     gain = settings.gain_path
-    if meta.gain_name and (path.parent / meta.gain_name).exists() and (path.parent / meta.gain_name).suffix.lower() in (".mrc", ".tif", ".tiff"):
-        gain = path.parent / meta.gain_name
-    image, created = store_exposure(session, settings, path, header, meta, gain)
+    if meta.gain_name:  # a gain named by the mdoc wins when it sits next to the movie in a readable format
+        named = path.parent / meta.gain_name
+        if named.suffix.lower() in GAIN_SUFFIXES and named.is_file():
+            gain = named
+    _, created = store_exposure(session, settings, path, header, meta, gain)
     known.add(name)
     return "new" if created else "known"
 
 
-def import_pass(session, settings: ImportSettings, paths: list[Path], known: set[str]) -> tuple[int, int, list[str]]:
+def import_pass(session, settings: ImportSettings, paths: list[Path], known: set[str],
+                stop: Callable[[], bool] = lambda: False) -> tuple[int, int, list[tuple[Path, str]]]:
+    """Register each movie; a bad file is recorded as (path, message) and the others go on.
+
+    stop: checked between files, so SIGTERM during a long pass ends it after the current movie.
+    Returns (new, already registered, errors).
+    """
     new = skipped = 0
-    errors = []
+    errors: list[tuple[Path, str]] = []
     for path in paths:
+        if stop():
+            break
         try:
             outcome = _import_one(session, settings, path, known)
         except (movies.MovieError, OSError, ValueError) as exc:
-            errors.append(str(exc) if str(path) in str(exc) else f"{path}: {exc}")
+            text = str(exc)
+            errors.append((path, text if str(path) in text else f"{path}: {text}"))
             continue
         if outcome == "new":
             new += 1
@@ -82,16 +104,25 @@ def import_pass(session, settings: ImportSettings, paths: list[Path], known: set
     return new, skipped, errors
 
 
+def _fail(message: str) -> int:
+    print(f"appion: error: {message}", file=sys.stderr)
+    return 2
+
+
 def cmd_session_import(args) -> int:
     config = current_config()
     frames_dir = Path(args.frames_dir).resolve()
     if not frames_dir.is_dir():
-        print(f"appion: error: frames directory {frames_dir} does not exist", file=sys.stderr)
-        return 2
+        return _fail(f"frames directory {frames_dir} does not exist")
+    for flag, value in (("--apix", args.apix), ("--kv", args.kv), ("--cs", args.cs), ("--dose", args.dose)):
+        if not (value > 0 and value < float("inf")):
+            return _fail(f"{flag} must be a positive number, not {value}")
     gain = Path(args.gain).resolve() if args.gain else None
-    if gain is not None and not gain.exists():
-        print(f"appion: error: gain reference {gain} does not exist", file=sys.stderr)
-        return 2
+    if gain is not None:
+        try:
+            movies.read_gain(gain)
+        except (movies.MovieError, OSError) as exc:
+            return _fail(f"gain reference {gain}: {exc}" if str(gain) not in str(exc) else str(exc))
     settings = ImportSettings(name=args.name, frames_dir=frames_dir, image_dir=config.appion_base / args.name / "rawdata",
                               pixel_size_A=args.apix, voltage_kV=args.kv, cs_mm=args.cs, dose_e_per_A2=args.dose,
                               gain_path=gain, preset_name=args.preset, frame_rotate=args.frame_rotate,
@@ -101,8 +132,8 @@ def cmd_session_import(args) -> int:
     exclude = {gain} if gain else set()
     if not args.watch:
         new, skipped, errors = import_pass(session, settings, find_movie_files(frames_dir, exclude), known)
-        for e in errors:
-            print(f"skipped {e}", file=sys.stderr)
+        for _, message in errors:
+            print(f"skipped {message}", file=sys.stderr)
         print(f"session {session.name}: {new} new exposures, {skipped} already registered, {len(errors)} skipped")
         return 0
     return watch_frames_dir(session, settings, exclude, known, args.interval, args.settle)
@@ -112,53 +143,86 @@ def watch_frames_dir(session, settings, exclude, known, interval_s: float, settl
     """Register movies as they finish being written, until SIGTERM/SIGINT.
 
     A movie counts as finished when its size and mtime have not changed for settle_s and it
-    decodes completely: a movie still being written is never registered half-written.
+    decodes completely: a movie still being written is never registered half-written.  A file
+    that fails is reported once; it is tried again as soon as it changes, and otherwise every
+    retry_s (the failure may have been passing, e.g. a full disk), without being reported again.
     """
+    retry_s = max(60.0, 10 * settle_s)
     stop = {"now": False}
 
     def on_signal(signum, frame):
         stop["now"] = True
 
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
     seen: dict[Path, tuple[int, float, float]] = {}  # path -> (size, mtime, first time seen like this)
-    reported: set[Path] = set()
+    bad: dict[Path, tuple[int, float, float]] = {}  # failed: path -> (size, mtime, when to retry)
+    scan_error = None
     total = 0
     print(f"watching {settings.frames_dir} for session {session.name} (SIGTERM to stop)", flush=True)
-    while not stop["now"]:
-        now = time.monotonic()
-        ready = []
-        for path in find_movie_files(settings.frames_dir, exclude):
-            if calc_movie_filename(path) in known:
-                continue
+    try:
+        while not stop["now"]:
             try:
-                st = path.stat()
-            except FileNotFoundError:
-                continue
-            sig = (st.st_size, st.st_mtime)
-            prev = seen.get(path)
-            if prev is None or prev[:2] != sig:
-                seen[path] = (*sig, now)
-                continue
-            if now - prev[2] >= settle_s:
-                ready.append(path)
-        if ready:
-            new, _, errors = import_pass(session, settings, ready, known)
-            total += new
-            for path in ready:
-                if calc_movie_filename(path) in known:
+                paths = find_movie_files(settings.frames_dir, exclude)
+                scan_error = None
+            except OSError as exc:  # directory unmounted or removed: say so once, keep waiting
+                if scan_error != str(exc):
+                    print(f"cannot list {settings.frames_dir}: {exc.strerror or exc}", file=sys.stderr, flush=True)
+                scan_error, paths = str(exc), []
+            ready = _find_settled(paths, known, seen, bad, settle_s, time.monotonic())
+            if ready:
+                new, _, errors = import_pass(session, settings, ready, known, stop=lambda: stop["now"])
+                total += new
+                for path in ready:
                     seen.pop(path, None)
-            for e in errors:
-                # A file that is stable but undecodable is reported once; it is retried if it changes.
-                bad = next((p for p in ready if str(p) in e), None)
-                if bad is not None and bad not in reported:
-                    print(f"skipped {e}", file=sys.stderr, flush=True)
-                    reported.add(bad)
-            if new:
-                print(f"session {session.name}: registered {new} (total {total})", flush=True)
-        time.sleep(interval_s)
+                for path, message in errors:
+                    try:
+                        st = path.stat()
+                    except FileNotFoundError:
+                        continue
+                    again = bad.get(path, (None, None))[:2] == (st.st_size, st.st_mtime)
+                    bad[path] = (st.st_size, st.st_mtime, time.monotonic() + retry_s)
+                    if not again:
+                        print(f"skipped {message}", file=sys.stderr, flush=True)
+                if new:
+                    print(f"session {session.name}: registered {new} (total {total})", flush=True)
+            time.sleep(interval_s)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     print(f"stopped watching; {total} exposures registered", flush=True)
     return 0
+
+
+def _find_settled(paths: list[Path], known: set[str], seen: dict, bad: dict, settle_s: float,
+                  now: float) -> list[Path]:
+    """The unregistered paths whose size and mtime have not changed for settle_s (updates `seen`).
+
+    A path in `bad` is left out until it changes (then it settles afresh) or its retry time comes.
+    """
+    ready = []
+    present = set(paths)
+    for table in (seen, bad):
+        for gone in [p for p in table if p not in present]:
+            del table[gone]
+    for path in paths:
+        if calc_movie_filename(path) in known:
+            continue
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            continue
+        sig = (st.st_size, st.st_mtime)
+        failed = bad.get(path)
+        if failed is not None and failed[:2] == sig:
+            if now >= failed[2]:
+                ready.append(path)
+            continue
+        prev = seen.get(path)
+        if prev is None or prev[:2] != sig:
+            seen[path] = (*sig, now)
+        elif now - prev[2] >= settle_s:
+            ready.append(path)
+    return ready
 
 
 # ---------------------------------------------------------------- simulate

@@ -11,9 +11,11 @@ import os
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import unquote, urlsplit
+from urllib.parse import unquote
 
 CONFIG_ENV = "APPION_CONFIG"
+DATABASE_KEYS = ("url", "leginon", "project", "appion")
+PATHS_KEYS = ("appion_base",)
 HOME_ENV = "APPION_HOME"
 
 
@@ -57,32 +59,54 @@ class AppionConfig:
         return self.leginon.engine == "sqlite"
 
 
+def _redact(url: str) -> str:
+    """The URL with any password replaced, for messages."""
+    head, sep, rest = url.partition("://")
+    if not sep:
+        return url if "@" not in url else "<hidden: it may hold a password>"
+    if "@" not in rest:
+        return url
+    userinfo, _, hostpart = rest.rpartition("@")
+    user = userinfo.partition(":")[0]
+    return f"{head}://{user}:***@{hostpart}" if ":" in userinfo else url
+
+
 def parse_database_url(url: str, home: Path) -> DatabaseURL:
-    """Parse `sqlite:///path` (relative paths are under APPION_HOME) or `mysql://user:pw@host:port/db`."""
+    """Parse `sqlite:///path` (relative paths are under APPION_HOME) or `mysql://user:pw@host:port/db`.
+
+    The password may hold any character except that `%` starts a percent-escape: the user part
+    ends at the last `@`, so `/ # ? @ :` in a password need no escaping (database names cannot hold `@`).
+    """
     if not isinstance(url, str) or "://" not in url:
-        raise ConfigError(f"database URL {url!r} is not of the form sqlite:///FILE or mysql://USER@HOST:PORT/DB")
-    parts = urlsplit(url)
-    scheme = parts.scheme.lower()
+        raise ConfigError(f"database URL {_redact(str(url))!r} is not of the form sqlite:///FILE or "
+                          "mysql://USER:PASSWORD@HOST:PORT/DB")
+    scheme, _, rest = url.partition("://")
+    scheme = scheme.lower()
     if scheme == "sqlite":
-        raw = url.split("://", 1)[1]
-        raw = raw[1:] if raw.startswith("/") else raw
-        path = Path(os.path.expanduser(raw))
-        if not path.is_absolute():
-            path = home / path
+        raw = rest[1:] if rest.startswith("/") else rest
         if raw in ("", "/"):
             raise ConfigError(f"database URL {url!r} names no SQLite file")
-        return DatabaseURL("sqlite", str(path))
-    if scheme in ("mysql", "mariadb"):
-        name = parts.path.lstrip("/")
-        if not name:
-            raise ConfigError(f"database URL {DatabaseURL('mysql', '', parts.username or '', '', parts.hostname or '', parts.port or 3306).safe} names no database")
-        try:
-            port = parts.port or 3306
-        except ValueError as exc:
-            raise ConfigError(f"database URL has a bad port: {exc}") from None
-        return DatabaseURL("mysql", name, unquote(parts.username or ""), unquote(parts.password or ""),
-                           parts.hostname or "127.0.0.1", port)
-    raise ConfigError(f"database URL scheme {scheme!r} is not supported (use sqlite or mysql)")
+        path = Path(os.path.expanduser(unquote(raw)))
+        return DatabaseURL("sqlite", str(path if path.is_absolute() else home / path))
+    if scheme not in ("mysql", "mariadb"):
+        raise ConfigError(f"database URL scheme {scheme!r} is not supported (use sqlite or mysql)")
+    userinfo, _, hostpart = rest.rpartition("@")
+    user, _, password = userinfo.partition(":")
+    netloc, _, name = hostpart.partition("/")
+    name = unquote(name.split("?", 1)[0].strip("/"))
+    host, port_text = netloc, ""
+    if netloc.startswith("["):  # IPv6 literal
+        host, _, after = netloc[1:].partition("]")
+        port_text = after.lstrip(":")
+    elif ":" in netloc:
+        host, _, port_text = netloc.rpartition(":")
+    if port_text and not (port_text.isdigit() and 0 < int(port_text) < 65536):
+        raise ConfigError(f"database URL {_redact(url)!r} has a bad port {port_text!r}")
+    parsed = DatabaseURL("mysql", name, unquote(user), unquote(password), host or "127.0.0.1",
+                         int(port_text) if port_text else 3306)
+    if not name:
+        raise ConfigError(f"database URL {parsed.safe} names no database")
+    return parsed
 
 
 def find_home() -> Path:
@@ -95,10 +119,13 @@ def find_config_path() -> Path:
 
 
 def load_config(path: Path | None = None) -> AppionConfig:
-    """Read the config file (if any) and apply environment overrides.
+    """Read the config file (if any) and apply environment overrides (environment wins over the file).
 
     Environment: APPION_DATABASE_URL (all three databases), APPION_LEGINON_DB, APPION_PROJECT_DB,
-    APPION_APPION_DB, APPION_BASE (run directories).
+    APPION_APPION_DB, APPION_BASE (run directories).  A single `url` (file or APPION_DATABASE_URL)
+    serves all three databases; with separate MySQL leginon/project databases and no appion one, the
+    appion database is found per project through processingdb (AppionConfig.appion is None).
+    Relative SQLite paths and a relative appion_base are under APPION_HOME.
     """
     home = find_home()
     path = path or find_config_path()
@@ -106,29 +133,34 @@ def load_config(path: Path | None = None) -> AppionConfig:
     if path.exists():
         try:
             data = tomllib.loads(path.read_text())
-        except (tomllib.TOMLDecodeError, OSError) as exc:
+        except (tomllib.TOMLDecodeError, OSError, UnicodeDecodeError) as exc:
             raise ConfigError(f"config file {path}: {exc}") from None
     elif os.environ.get(CONFIG_ENV):
         raise ConfigError(f"config file {path} does not exist")
-    db = data.get("database", {})
-    if not isinstance(db, dict):
-        raise ConfigError(f"config file {path}: [database] must be a table")
-    default_url = os.environ.get("APPION_DATABASE_URL") or db.get("url") or "sqlite:///appion.sqlite3"
-    leginon = os.environ.get("APPION_LEGINON_DB") or db.get("leginon") or default_url
-    project = os.environ.get("APPION_PROJECT_DB") or db.get("project") or default_url
-    appion = os.environ.get("APPION_APPION_DB") or db.get("appion")
-    if appion is None and parse_database_url(default_url, home).engine == "sqlite" and "leginon" not in db:
-        appion = default_url
-    urls = [parse_database_url(u, home) for u in (leginon, project)]
-    appion_url = parse_database_url(appion, home) if appion else None
-    engines = {u.engine for u in urls + ([appion_url] if appion_url else [])}
-    if len(engines) > 1:
-        raise ConfigError(f"config file {path}: leginon, project and appion databases must use the same engine")
-    if "sqlite" in engines and len({u.name for u in urls + ([appion_url] if appion_url else [])}) > 1:
-        raise ConfigError(f"config file {path}: with SQLite, leginon, project and appion share one file")
-    paths = data.get("paths", {})
-    base = os.environ.get("APPION_BASE") or paths.get("appion_base") or str(home / "runs")
+    where = f"config file {path}" if path.exists() else "database settings (APPION_* environment)"
+    db, paths = data.get("database", {}), data.get("paths", {})
+    for section, value, keys in (("database", db, DATABASE_KEYS), ("paths", paths, PATHS_KEYS)):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: [{section}] must be a table")
+        unknown = sorted(set(value) - set(keys))
+        if unknown:  # a misspelt `leginon` would otherwise silently mean the embedded SQLite file
+            raise ConfigError(f"{where}: unknown key {unknown[0]!r} in [{section}] (known: {', '.join(keys)})")
+    env = os.environ.get
+    url = env("APPION_DATABASE_URL") or db.get("url")
+    leginon_text = env("APPION_LEGINON_DB") or db.get("leginon") or url or "sqlite:///appion.sqlite3"
+    project_text = env("APPION_PROJECT_DB") or db.get("project") or url or leginon_text
+    leginon, project = parse_database_url(leginon_text, home), parse_database_url(project_text, home)
+    appion_text = env("APPION_APPION_DB") or db.get("appion") or url
+    if appion_text is None and leginon.engine == "sqlite":
+        appion_text = leginon_text
+    appion = parse_database_url(appion_text, home) if appion_text else None
+    urls = [leginon, project] + ([appion] if appion else [])
+    if len({u.engine for u in urls}) > 1:
+        raise ConfigError(f"{where}: leginon, project and appion databases must use the same engine")
+    if leginon.engine == "sqlite" and len({u.name for u in urls}) > 1:
+        raise ConfigError(f"{where}: with SQLite, leginon, project and appion share one file")
+    base = env("APPION_BASE") or paths.get("appion_base") or "runs"
     extra = {k: v for k, v in data.items() if k not in ("database", "paths")}
-    return AppionConfig(home=home, leginon=urls[0], project=urls[1], appion=appion_url,
-                        appion_base=Path(os.path.expanduser(base)).resolve(),
+    return AppionConfig(home=home, leginon=leginon, project=project, appion=appion,
+                        appion_base=(home / os.path.expanduser(str(base))).resolve(),
                         source=str(path) if path.exists() else "defaults", extra=extra)

@@ -32,22 +32,27 @@ class ExposureMetadata:
 
 
 class MetadataError(ValueError):
-    pass
+    """A sidecar file cannot be parsed (the message names the file); the import ignores that file."""
 
 
-def _num(value: str | None, kind=float):
+def _num(value: str | None, kind=float, positive: bool = False):
+    """The first number in a metadata value; None when absent, not a finite number, or (positive) <= 0."""
     if value is None:
         return None
     try:
-        return kind(float(value.split()[0]))
+        number = float(value.split()[0])
     except (ValueError, IndexError):
         return None
+    if not math.isfinite(number) or (positive and number <= 0):
+        return None
+    return kind(number)
 
 
 def parse_mdoc(text: str, source: str = "mdoc") -> ExposureMetadata:
     """SerialEM `.mdoc`: global `key = value` lines then `[FrameSet = n]`/`[ZValue = n]` sections.
 
     The first section describes the exposure; global keys (Voltage) fill in what it lacks.
+    `[T = ...]` lines (titles, as in tilt-series mdocs) are comments, not sections.
     """
     globals_: dict[str, str] = {}
     section: dict[str, str] | None = None
@@ -56,6 +61,8 @@ def parse_mdoc(text: str, source: str = "mdoc") -> ExposureMetadata:
         if not line:
             continue
         if line.startswith("[") and line.endswith("]"):
+            if line[1:].split("=", 1)[0].strip() == "T":
+                continue
             if section is not None:
                 break
             section = {}
@@ -65,18 +72,18 @@ def parse_mdoc(text: str, source: str = "mdoc") -> ExposureMetadata:
         key, value = (s.strip() for s in line.split("=", 1))
         (section if section is not None else globals_)[key] = value
     d = {**globals_, **(section or {})}
-    voltage_kV = _num(d.get("Voltage"))
-    dose = _num(d.get("ExposureDose"))
+    voltage_kV = _num(d.get("Voltage"), positive=True)
+    dose = _num(d.get("ExposureDose"), positive=True)
     defocus_um = _num(d.get("Defocus"))
     tilt_deg = _num(d.get("TiltAngle"))
-    exposure_s = _num(d.get("ExposureTime"))
+    exposure_s = _num(d.get("ExposureTime"), positive=True)
     gain = d.get("GainReference")
     return ExposureMetadata(
-        pixel_size_A=_num(d.get("PixelSpacing")) or None,
+        pixel_size_A=_num(d.get("PixelSpacing"), positive=True),
         voltage_V=voltage_kV * 1e3 if voltage_kV else None,
-        dose_e_per_A2=dose if dose and dose > 0 else None,
-        n_frames=_num(d.get("NumSubFrames"), int),
-        magnification=_num(d.get("Magnification"), int),
+        dose_e_per_A2=dose,
+        n_frames=_num(d.get("NumSubFrames"), int, positive=True),
+        magnification=_num(d.get("Magnification"), int, positive=True),
         defocus_m=defocus_um * 1e-6 if defocus_um is not None else None,
         tilt_rad=math.radians(tilt_deg) if tilt_deg is not None else None,
         exposure_time_s=exposure_s,
@@ -89,8 +96,11 @@ def _strip_ns(tag: str) -> str:
     return tag.rsplit("}", 1)[-1]
 
 
-def parse_epu_xml(text: str, source: str = "epu") -> ExposureMetadata:
-    """EPU's per-exposure `MicroscopeImage` XML (SI units: meters, volts, electrons per m²)."""
+def parse_epu_xml(text: str | bytes, source: str = "epu") -> ExposureMetadata:
+    """EPU's per-exposure `MicroscopeImage` XML (SI units: meters, volts, electrons per m²).
+
+    Give bytes when reading a file, so the XML declaration's encoding is honoured.
+    """
     try:
         root = ET.fromstring(text)
     except ET.ParseError as exc:
@@ -123,18 +133,18 @@ def parse_epu_xml(text: str, source: str = "epu") -> ExposureMetadata:
     def find(suffix):
         return next((v for p, v in paths.items() if p.endswith(suffix)), None)
 
-    pixel_m = _num(find("/SpatialScale/pixelSize/x/numericValue"))
-    dose_m2 = _num(custom.get("Dose"))
+    pixel_m = _num(find("/SpatialScale/pixelSize/x/numericValue"), positive=True)
+    dose_m2 = _num(custom.get("Dose"), positive=True)
     tilt = _num(find("/stage/Position/A"))
     return ExposureMetadata(
         pixel_size_A=pixel_m * 1e10 if pixel_m else None,
-        voltage_V=_num(find("/gun/AccelerationVoltage")),
+        voltage_V=_num(find("/gun/AccelerationVoltage"), positive=True),
         dose_e_per_A2=dose_m2 / 1e20 if dose_m2 else None,
-        n_frames=_num(custom.get("FractionationSettings.NumberOffractions"), int),
-        magnification=_num(find("/TemMagnification/NominalMagnification"), int),
+        n_frames=_num(custom.get("FractionationSettings.NumberOffractions"), int, positive=True),
+        magnification=_num(find("/TemMagnification/NominalMagnification"), int, positive=True),
         defocus_m=_num(custom.get("AppliedDefocus")),
         tilt_rad=tilt,
-        exposure_time_s=_num(find("/camera/ExposureTime")),
+        exposure_time_s=_num(find("/camera/ExposureTime"), positive=True),
         camera_name=custom.get("DetectorCommercialName"),
         source=source,
     )

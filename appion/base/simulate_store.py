@@ -40,9 +40,12 @@ def write_mrc(path, data: np.ndarray, pixel_size_A: float) -> None:
 
 
 def write_truth_json(path, truth: dict) -> None:
-    """The JSON-able part of a truth record (arrays such as the gain are skipped)."""
+    """The JSON-able part of a truth record (arrays such as the gain are skipped), written atomically."""
+    path = Path(path)
     clean = {k: v for k, v in truth.items() if not isinstance(v, np.ndarray)}
-    Path(path).write_text(json.dumps(clean, indent=1, sort_keys=True))
+    tmp = _tmp_name(path)
+    tmp.write_text(json.dumps(clean, indent=1, sort_keys=True))
+    os.replace(tmp, path)
 
 
 def write_simulated_session(out_dir, n_movies: int, base: MovieParams, fmt: str = "tiff",

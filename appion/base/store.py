@@ -10,7 +10,7 @@ from django.db import transaction
 
 from appion.base.db import models as m
 from appion.base.db.router import alias_for
-from appion.base.db.sinedon import insert
+from appion.base.db.sinedon import insert, serialised_inserts
 from appion.base.metadata import ExposureMetadata
 from appion.base.movies import MovieHeader
 from appion.base.retrieve import calc_movie_filename
@@ -37,15 +37,17 @@ class ImportSettings:
 
 def store_session(settings: ImportSettings, project_name: str = DEFAULT_PROJECT):
     """Session row (get-or-create by name) linked to a project, as Leginon + myamiweb would have it."""
-    user, _ = insert(m.UserData, username=getpass.getuser())
-    session = m.SessionData.objects.filter(name=settings.name).order_by("-id").first()
-    if session is None:
-        session, _ = insert(m.SessionData, name=settings.name, user=user, image_path=str(settings.image_dir),
-                            frame_path=str(settings.frames_dir), comment="imported by appion", hidden=False)
-    project = m.Project.objects.filter(name=project_name).order_by("-id").first()
-    if project is None:
-        project, _ = insert(m.Project, name=project_name, short_description="sessions imported by appion")
-    insert(m.ProjectExperiment, project=project, session_id=session.id)
+    with serialised_inserts(alias_for(m.SessionData)):  # two importers of one new session make one row
+        user, _ = insert(m.UserData, username=getpass.getuser())
+        session = m.SessionData.objects.filter(name=settings.name).order_by("-id").first()
+        if session is None:
+            session, _ = insert(m.SessionData, name=settings.name, user=user, image_path=str(settings.image_dir),
+                                frame_path=str(settings.frames_dir), comment="imported by appion", hidden=False)
+    with serialised_inserts(alias_for(m.Project)):
+        project = m.Project.objects.filter(name=project_name).order_by("-id").first()
+        if project is None:
+            project, _ = insert(m.Project, name=project_name, short_description="sessions imported by appion")
+        insert(m.ProjectExperiment, project=project, session_id=session.id)
     return session
 
 
@@ -71,19 +73,21 @@ def store_exposure(session, settings: ImportSettings, movie_path: Path, header: 
     """Register one movie as a Leginon exposure; returns (AcquisitionImageData, created).
 
     Everything for one movie is written in one transaction, the image row last, so a
-    killed import never leaves an exposure half-registered.
+    killed import never leaves an exposure half-registered; the check for an existing exposure
+    is inside it, so two importers of one directory register each movie once.
     """
     filename = calc_movie_filename(movie_path)
-    existing = m.AcquisitionImageData.objects.filter(session_id=session.id, filename=filename).order_by("-id").first()
-    if existing is not None:
-        return existing, False
     voltage_V = meta.voltage_V or settings.voltage_kV * 1e3
     pixel_size_A = meta.pixel_size_A or settings.pixel_size_A
     dose = meta.dose_e_per_A2 if meta.dose_e_per_A2 is not None else settings.dose_e_per_A2
     # A magnification is needed to look the pixel size up the way Leginon does; derive a stable one if absent.
     mag = meta.magnification or int(round(1e5 / pixel_size_A))
     ny, nx = header.shape_yx
-    with transaction.atomic(using=alias_for(m.AcquisitionImageData)):
+    with serialised_inserts(alias_for(m.AcquisitionImageData)):
+        existing = (m.AcquisitionImageData.objects.filter(session_id=session.id, filename=filename)
+                    .order_by("-id").first())
+        if existing is not None:
+            return existing, False
         tem, _ = insert(m.InstrumentData, name="imported-tem", hostname="appion-import", cs=settings.cs_mm * 1e-3)
         cam, _ = insert(m.InstrumentData, name=meta.camera_name or "imported-camera", hostname="appion-import")
         insert(m.PixelSizeCalibrationData, session=session, tem=tem, ccdcamera=cam, magnification=mag,
@@ -106,3 +110,107 @@ def store_exposure(session, settings: ImportSettings, movie_path: Path, header: 
                                 label="imported", scope=scope, camera=camera, preset=preset, norm=norm,
                                 use_frames=None)
     return image, created
+
+
+# ---- processing loop: run bookkeeping (appion.base.loop)
+def store_path(path) -> "m.ApPathData":
+    row, _ = insert(m.ApPathData, path=str(path))
+    return row
+
+
+def store_appion_job(name: str, rundir, jobtype: str, session_id: int, status: str = "R",
+                     cluster: str | None = None) -> "m.ApAppionJobData":
+    """A classic job row (status R while running); a new row per start, as classic resubmission does."""
+    import socket
+
+    path = store_path(rundir)
+    return m.ApAppionJobData.objects.create(name=name, path=path, clusterpath=path, cluster=cluster or socket.gethostname(),
+                                            jobtype=jobtype, status=status, user=getpass.getuser(),
+                                            session_id=session_id)
+
+
+def store_job_status(job_id: int, status: str) -> None:
+    m.ApAppionJobData.objects.filter(id=job_id).update(status=status)
+
+
+def store_program_run(progname: str, runname: str, rundir, job_id: int | None, session_id: int,
+                      params: list[tuple[str, str, str]]) -> "m.ScriptProgramRun":
+    """ScriptProgramRun + ScriptParamName/Value rows: how the web viewer shows a run's command line.
+
+    params: (name, value, usage) e.g. ("bin", "2", "--bin=2").
+    """
+    import os
+    import platform
+    import socket
+
+    import appion
+
+    prog, _ = insert(m.ScriptProgramName, name=progname)
+    user, _ = insert(m.ScriptUserName, name=getpass.getuser(), uid=os.getuid(), gid=os.getgid())
+    host, _ = insert(m.ScriptHostName, name=socket.gethostname(), system=platform.system().lower(),
+                     arch=platform.machine())
+    appion_path = store_path(Path(appion.__file__).resolve().parent)
+    run = m.ScriptProgramRun.objects.create(runname=runname, progname=prog, username=user, hostname=host,
+                                            rundir=store_path(rundir), job_id=job_id, appion_path=appion_path,
+                                            session_id=session_id, revision=getattr(appion, "__version__", None),
+                                            unixshell=os.environ.get("SHELL"))
+    for name, value, usage in params:
+        pname, _ = insert(m.ScriptParamName, name=name, progname=prog)
+        m.ScriptParamValue.objects.create(value=value, usage=usage, paramname=pname, progrun=run)
+    return run
+
+
+def store_loop_run(runname: str, session_id: int, steps: str, params_hash: str, params_json: str, rundir,
+                   ddstackrun_id: int | None, acerun_id: int | None, pid: int, started: float):
+    """The loop run row (get-or-create by run name + session + parameter hash); marks it running."""
+    import socket
+
+    row = (m.ApLoopRunData.objects.filter(runname=runname, session_id=session_id, params_hash=params_hash)
+           .order_by("-id").first())
+    fields = dict(status="R", hostname=socket.gethostname(), pid=pid, heartbeat=started,
+                  ddstackrun_id=ddstackrun_id, acerun_id=acerun_id)
+    if row is None:
+        return m.ApLoopRunData.objects.create(runname=runname, session_id=session_id, steps=steps,
+                                              params_hash=params_hash, params=params_json, path=store_path(rundir),
+                                              started=started, **fields)
+    m.ApLoopRunData.objects.filter(id=row.id).update(**fields)
+    row.refresh_from_db()
+    return row
+
+
+def store_loop_run_fields(looprun_id: int, **fields) -> None:
+    m.ApLoopRunData.objects.filter(id=looprun_id).update(**fields)
+
+
+def store_loop_exposures(looprun_id: int, items: list[tuple[int, str, float]]) -> dict[tuple[int, str], int]:
+    """Queued rows for new (image id, step, arrived) pairs; returns their ids by (image id, step)."""
+    from appion.base.db.models.loop import QUEUED
+
+    with transaction.atomic(using=alias_for(m.ApLoopExposureData)):
+        rows = [m.ApLoopExposureData(looprun_id=looprun_id, image_id=i, step=s, status=QUEUED, attempts=0,
+                                     arrived=a) for i, s, a in items]
+        m.ApLoopExposureData.objects.bulk_create(rows)
+        found = (m.ApLoopExposureData.objects.filter(looprun_id=looprun_id, image_id__in=[i for i, _, _ in items])
+                 .values_list("image_id", "step", "id"))
+        return {(i, s): row_id for i, s, row_id in found}
+
+
+def store_loop_exposure_fields(row_id: int, **fields) -> None:
+    m.ApLoopExposureData.objects.filter(id=row_id).update(**fields)
+
+
+def store_loop_exposures_status(row_ids: list[int], status: str, **fields) -> None:
+    if row_ids:
+        m.ApLoopExposureData.objects.filter(id__in=row_ids).update(status=status, **fields)
+
+
+class RunConflict(ValueError):
+    """A run name is already used in this session with other parameters."""
+
+
+def calc_row_values(row, **changes) -> dict:
+    """The column values of a row (no DEF_id/DEF_timestamp), with changes applied: for copies of rows."""
+    values = {f.attname: getattr(row, f.attname) for f in type(row)._meta.concrete_fields
+              if f.name not in ("id", "timestamp")}
+    values.update(changes)
+    return values

@@ -60,3 +60,94 @@ def test_bad_config_file_is_one_line(tmp_path):
     cfg.write_text("[database\nurl=")
     proc = subprocess.run(["appion", "--config", str(cfg), "db", "check"], capture_output=True, text=True)
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1 and "broken.toml" in proc.stderr
+
+
+@pytest.mark.parametrize("url, user, password, host, port, name", [
+    ("mysql://u:p@s/s#?:x@db.example:3307/leg", "u", "p@s/s#?:x", "db.example", 3307, "leg"),  # unescaped
+    ("mysql://u%40x:p%2F%25w@db/leg", "u@x", "p/%w", "db", 3306, "leg"),  # percent-escaped
+    ("mariadb://root@[::1]:3310/ap", "root", "", "::1", 3310, "ap"),
+    ("mysql://h/x", "", "", "h", 3306, "x"),
+])
+def test_mysql_urls_with_special_characters(tmp_path, url, user, password, host, port, name):
+    parsed = parse_database_url(url, tmp_path)
+    assert (parsed.user, parsed.password, parsed.host, parsed.port, parsed.name) == (user, password, host, port, name)
+    if password:
+        assert password not in parsed.safe and password not in repr(parsed)
+
+
+@pytest.mark.parametrize("url", ["mysql://u:s3cret@h:notaport/db", "mysql://u:s3cret@h:70000/db",
+                                 "mysql://u:s3cret@h/", "u:s3cret@h/db"])
+def test_bad_url_messages_hide_the_password(tmp_path, url):
+    with pytest.raises(ConfigError) as err:
+        parse_database_url(url, tmp_path)
+    assert "s3cret" not in str(err.value)
+
+
+def test_sqlite_relative_and_absolute_paths(tmp_path):
+    assert parse_database_url("sqlite:///sub/a.db", tmp_path).name == str(tmp_path / "sub" / "a.db")
+    assert parse_database_url(f"sqlite:///{tmp_path}/abs.db", tmp_path).name == str(tmp_path / "abs.db")
+    assert parse_database_url("sqlite:////var/x.db", tmp_path).name == "/var/x.db"
+
+
+def test_mysql_from_environment_alone(tmp_path, monkeypatch):
+    """Leginon and project databases given only through the environment: appion found via processingdb."""
+    monkeypatch.setenv("APPION_HOME", str(tmp_path))
+    monkeypatch.delenv("APPION_CONFIG", raising=False)
+    monkeypatch.setenv("APPION_LEGINON_DB", "mysql://u@h/leg")
+    monkeypatch.setenv("APPION_PROJECT_DB", "mysql://u@h/proj")
+    cfg = load_config()
+    assert (cfg.leginon.name, cfg.project.name, cfg.appion) == ("leg", "proj", None)
+    monkeypatch.setenv("APPION_APPION_DB", "mysql://u@h/ap7")
+    assert load_config().appion.name == "ap7"
+
+
+def test_single_url_serves_all_three_databases(tmp_path, monkeypatch):
+    monkeypatch.setenv("APPION_HOME", str(tmp_path))
+    monkeypatch.delenv("APPION_CONFIG", raising=False)
+    (tmp_path / "config.toml").write_text('[database]\nurl = "mysql://u@h/everything"\n[paths]\nappion_base = "r"\n')
+    cfg = load_config()
+    assert {cfg.leginon.name, cfg.project.name, cfg.appion.name} == {"everything"}
+    assert cfg.appion_base == tmp_path / "r"  # relative to APPION_HOME, not to the current directory
+    monkeypatch.setenv("APPION_LEGINON_DB", "sqlite:///x.db")
+    with pytest.raises(ConfigError, match="same engine"):
+        load_config()
+
+
+def test_paths_must_be_a_table(tmp_path, monkeypatch):
+    monkeypatch.setenv("APPION_HOME", str(tmp_path))
+    monkeypatch.delenv("APPION_CONFIG", raising=False)
+    (tmp_path / "config.toml").write_text('paths = "/data"\n')
+    with pytest.raises(ConfigError, match=r"config\.toml: \[paths\] must be a table"):
+        load_config()
+
+
+def test_missing_config_file_and_unusable_sqlite_folder_are_one_line(tmp_path):
+    env = {**os.environ, "APPION_HOME": str(tmp_path)}
+    proc = subprocess.run(["appion", "db", "check", "--config", str(tmp_path / "absent.toml")], env=env,
+                          capture_output=True, text=True)
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
+        f"appion: configuration error: config file {tmp_path / 'absent.toml'} does not exist"]
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    env["APPION_DATABASE_URL"] = f"sqlite:///{blocker}/sub/db.sqlite3"
+    proc = subprocess.run(["appion", "db", "init"], env=env, capture_output=True, text=True)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"cannot create {blocker}/sub for the SQLite database" in lines[0]
+
+
+def test_db_check_on_a_complete_schema(db, capsys):
+    from appion.cli import main as appion_main
+
+    assert appion_main(["db", "init"]) == 0
+    assert "created 0 tables" in capsys.readouterr().out
+    assert appion_main(["db", "check"]) == 0
+    assert capsys.readouterr().out.strip().splitlines()[-1] == "schema complete"
+
+
+def test_misspelt_database_key_is_an_error_not_sqlite(tmp_path, monkeypatch):
+    monkeypatch.setenv("APPION_HOME", str(tmp_path))
+    monkeypatch.delenv("APPION_CONFIG", raising=False)
+    (tmp_path / "config.toml").write_text('[database]\nleginondb = "mysql://u@h/leg"\n')
+    with pytest.raises(ConfigError, match="unknown key 'leginondb' in \\[database\\]"):
+        load_config()

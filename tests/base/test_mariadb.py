@@ -2,7 +2,6 @@
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 from tests.conftest import REPO, drop_mariadb, mysql_exec, require_mariadb, write_mariadb_config
 
@@ -122,3 +121,27 @@ def test_unknown_database_is_one_clear_line(tmp_path):
                           env={**os.environ, "APPION_HOME": str(tmp_path)})
     assert proc.returncode == 2
     assert len(proc.stderr.strip().splitlines()) == 1 and "appion_no_such_db_xyz" in proc.stderr
+
+
+def test_two_importers_at_once_on_mariadb(mariadb_home, tmp_path):
+    """Two `session import` processes on one directory against MariaDB register each movie once
+    (InnoDB snapshot reads would let both find "no such row" and both insert one)."""
+    import tomllib
+
+    from appion.base.config import parse_database_url
+    from appion.base.simulate import MovieParams
+    from appion.base.simulate_store import write_simulated_session
+
+    home, env = mariadb_home
+    write_simulated_session(tmp_path, 12, MovieParams(shape=(64, 64), n_frames=3), fmt="both", name="twice")
+    cmd = ["appion", "session", "import", "--name", "twice", "--frames-dir", str(tmp_path / "frames"), "--apix",
+           "1", "--kv", "300", "--cs", "2.7", "--dose", "9"]
+    procs = [subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    for p in procs:
+        out, err = p.communicate(timeout=120)
+        assert p.returncode == 0 and "skipped" not in err, err
+    leg = parse_database_url(tomllib.loads((home / "config.toml").read_text())["database"]["leginon"], home).name
+    counts = mysql_exec("SELECT (SELECT COUNT(*) FROM AcquisitionImageData), (SELECT COUNT(*) FROM CameraEMData), "
+                        "(SELECT COUNT(*) FROM SessionData), (SELECT COUNT(*) FROM InstrumentData)", leg).split()
+    assert counts == ["12", "12", "1", "2"]

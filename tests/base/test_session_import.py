@@ -16,7 +16,7 @@ import tifffile
 
 from appion.base.db import models as m
 from appion.base.simulate import MovieParams, calc_movie
-from appion.base.simulate_store import write_movie_tiff, write_simulated_session
+from appion.base.simulate_store import write_movie_tiff, write_mrc, write_simulated_session
 from appion.cli import main as appion_main
 from tests.conftest import SHARED
 
@@ -144,9 +144,14 @@ def _wait_for(predicate, timeout_s: float) -> bool:
 
 
 def test_watch_registers_new_and_never_half_written(fresh_home, tmp_path):
+    """--watch: a movie written after it started is registered, one written slowly is not registered half-written;
+    one renamed into place is registered; one deleted before settling causes no error; a stable undecodable file is
+    reported once (not on every pass) and registered once a good movie replaces it; SIGTERM ends it cleanly."""
     home, env = fresh_home
     frames = tmp_path / "frames"
     frames.mkdir()
+    bad = frames / "w_00009en.frames.mrc"
+    bad.write_bytes(b"garbage that is not an MRC movie" * 64)
     proc = subprocess.Popen(["appion", "session", "import", "--name", "w", "--frames-dir", str(frames), "--apix", "1",
                              "--kv", "300", "--cs", "2.7", "--dose", "9", "--watch", "--interval", "0.2",
                              "--settle", "1.0"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -163,6 +168,8 @@ def test_watch_registers_new_and_never_half_written(fresh_home, tmp_path):
         data = buf.getvalue()
         target = frames / "w_00002en.frames.tif"
         cuts = [len(data) // 4, len(data) // 2, 3 * len(data) // 4, len(data)]
+        doomed = frames / "w_00004en.frames.tif"
+        doomed.write_bytes(data[: len(data) // 3])
         with open(target, "wb") as fh:
             start = 0
             for cut in cuts[:-1]:
@@ -172,10 +179,124 @@ def test_watch_registers_new_and_never_half_written(fresh_home, tmp_path):
                 start = cut
                 time.sleep(2.0)
                 assert _count_exposures(home) == 1, f"half-written movie registered at {cut} of {len(data)} bytes"
+                if doomed.exists():
+                    doomed.unlink()  # gone before it could settle... or after it was reported; both are fine
             fh.write(data[start:])
         assert _wait_for(lambda: _count_exposures(home) == 2, 20)
+        hidden = frames / ".incoming.tif"
+        write_movie_tiff(hidden, movie[:4])
+        os.rename(hidden, frames / "w_00003en.frames.tif")
+        assert _wait_for(lambda: _count_exposures(home) == 3, 20), "a movie renamed into place"
+        assert proc.poll() is None
+        write_mrc(bad, movie[:3].astype(np.uint16), 1.0)
+        assert _wait_for(lambda: _count_exposures(home) == 4, 20), "the bad file, once replaced by a good movie"
     finally:
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=30)
     assert proc.returncode == 0, err
-    assert "registered" in out
+    assert "registered" in out and "stopped watching; 4 exposures registered" in out
+    reports = [line for line in err.splitlines() if line.startswith("skipped") and "w_00009en.frames.mrc" in line]
+    assert len(reports) == 1, err  # reported once although stable for many passes
+    assert "Traceback" not in err
+
+
+def test_broken_sidecars_are_reported_and_ignored(db, tmp_path, caplog):
+    """An unparsable EPU XML or an unreadable .mdoc must not cost the movie: it imports with the flags."""
+    write_simulated_session(tmp_path, 2, SMALL, fmt="tiff", name="side")
+    frames = tmp_path / "frames"
+    first, second = sorted(frames.glob("*.tif"))
+    (frames / f"{first.name[:-4]}.xml").write_text("<MicroscopeImage><broken")
+    (frames / f"{second.name}.mdoc").mkdir()  # exists but cannot be read as a file
+    with caplog.at_level("WARNING", logger="appion.session"):
+        assert _import(frames, name="side", apix="1.25") == 0
+    _, images = _exposures("side")
+    assert len(images) == 2
+    for img in images:
+        preset = m.PresetData.objects.get(id=img.preset_id)
+        cal = m.PixelSizeCalibrationData.objects.filter(magnification=preset.magnification).order_by("-id").first()
+        assert cal.pixelsize * 1e10 == pytest.approx(1.25) and preset.dose / 1e20 == pytest.approx(9.0)
+    warned = " ".join(r.getMessage() for r in caplog.records)
+    assert f"{first.name[:-4]}.xml" in warned and f"{second.name}.mdoc" in warned
+
+
+@pytest.mark.parametrize("problem", ["missing frames", "missing gain", "bad gain", "bad dose"])
+def test_bad_arguments_are_one_line_and_exit_2(db, tmp_path, capsys, problem):
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    junk = tmp_path / "junk.mrc"
+    junk.write_bytes(b"no")
+    extra, expect = {"missing frames": ([], "frames directory"),
+                     "missing gain": (["--gain", str(tmp_path / "nope.mrc")], "nope.mrc"),
+                     "bad gain": (["--gain", str(junk)], "junk.mrc"),
+                     "bad dose": ([], "--dose must be a positive number")}[problem]
+    argv = ["session", "import", "--name", "e", "--frames-dir", str(frames if problem != "missing frames" else
+                                                                    tmp_path / "absent"),
+            "--apix", "1", "--kv", "300", "--cs", "2.7", "--dose", "-3" if problem == "bad dose" else "9", *extra]
+    assert appion_main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and expect in err[0] and err[0].startswith("appion: error:")
+    assert not m.AcquisitionImageData.objects.exists()
+
+
+def test_two_importers_at_once_register_each_movie_once(fresh_home, tmp_path):
+    """Two `session import` processes on one directory and one SQLite file: no duplicates, no lock errors."""
+    home, env = fresh_home
+    write_simulated_session(tmp_path, 12, replace(SMALL, gain_sigma=0.0, shape=(64, 64), n_frames=3), fmt="both",
+                            name="twice")
+    cmd = ["appion", "session", "import", "--name", "twice", "--frames-dir", str(tmp_path / "frames"), "--apix",
+           "1", "--kv", "300", "--cs", "2.7", "--dose", "9"]
+    procs = [subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    outs = [p.communicate(timeout=120) for p in procs]
+    for p, (out, err) in zip(procs, outs):
+        assert p.returncode == 0 and "skipped" not in err, err
+    assert _count_exposures(home) == 12
+    con = sqlite3.connect(home / "appion.sqlite3", timeout=30)
+    try:
+        assert con.execute("SELECT COUNT(*) FROM SessionData").fetchone()[0] == 1
+        assert con.execute("SELECT COUNT(*) FROM CameraEMData").fetchone()[0] == 12
+        assert con.execute("SELECT COUNT(*) FROM InstrumentData").fetchone()[0] == 2  # one TEM, one camera
+    finally:
+        con.close()
+    assert sum(int(o.split(": ")[1].split()[0]) for o, _ in outs) == 12  # "N new exposures" adds up
+
+
+def test_a_stop_request_ends_a_pass_between_movies(db, tmp_path):
+    """SIGTERM during a long pass (watch mode) stops after the movie being registered, never inside one."""
+    from appion.base.cli import import_pass
+    from appion.base.retrieve import find_movie_files
+    from appion.base.store import ImportSettings, store_session
+
+    write_simulated_session(tmp_path, 3, replace(SMALL, shape=(64, 64), n_frames=3), fmt="tiff", name="stop")
+    settings = ImportSettings(name="stop", frames_dir=tmp_path / "frames", image_dir=tmp_path / "raw",
+                              pixel_size_A=1.0, voltage_kV=300, cs_mm=2.7, dose_e_per_A2=9)
+    session = store_session(settings)
+    calls = []
+    new, skipped, errors = import_pass(session, settings, find_movie_files(settings.frames_dir), set(),
+                                       stop=lambda: calls.append(1) or len(calls) > 1)
+    assert (new, skipped, errors) == (1, 0, [])
+    assert [i.filename for i in _exposures("stop")[1]] == ["stop_00001en"]
+    assert m.CameraEMData.objects.count() == 1 and m.ScopeEMData.objects.count() == 1
+
+
+def test_settling_and_retry_rules(tmp_path):
+    """The watcher's scheduling: a file is ready once unchanged for settle_s; a failed one waits for a change
+    (then settles afresh) or for its retry time; files that vanish are forgotten."""
+    from appion.base.cli import _find_settled
+
+    movie = tmp_path / "r_00001en.frames.tif"
+    movie.write_bytes(b"1234")
+    seen, bad = {}, {}
+    assert _find_settled([movie], set(), seen, bad, 2.0, now=0.0) == []
+    assert _find_settled([movie], set(), seen, bad, 2.0, now=1.9) == []
+    assert _find_settled([movie], set(), seen, bad, 2.0, now=2.0) == [movie]
+    assert _find_settled([movie], {"r_00001en"}, seen, bad, 2.0, now=3.0) == []  # already registered
+    st = movie.stat()
+    bad[movie] = (st.st_size, st.st_mtime, 100.0)
+    seen.clear()
+    assert _find_settled([movie], set(), seen, bad, 2.0, now=50.0) == []
+    assert _find_settled([movie], set(), seen, bad, 2.0, now=100.0) == [movie]
+    movie.write_bytes(b"123456")  # changed: settles again from now
+    assert _find_settled([movie], set(), seen, bad, 2.0, now=101.0) == []
+    assert _find_settled([movie], set(), seen, bad, 2.0, now=103.0) == [movie]
+    assert _find_settled([], set(), seen, bad, 2.0, now=104.0) == [] and not seen and not bad

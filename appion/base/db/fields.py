@@ -10,6 +10,7 @@ from __future__ import annotations
 import ast
 
 from django.db import models
+from django.db.models.functions import Now
 
 
 class SinedonModel(models.Model):
@@ -17,7 +18,9 @@ class SinedonModel(models.Model):
 
     SINEDON_MODULE = "appiondata"
     id = models.AutoField(primary_key=True, db_column="DEF_id")
-    timestamp = models.DateTimeField(db_column="DEF_timestamp", auto_now_add=True)
+    # db_default: rows inserted by Leginon/classic Appion (which never name DEF_timestamp) into a
+    # table appion created still get a time, as sinedon's TIMESTAMP DEFAULT CURRENT_TIMESTAMP gives.
+    timestamp = models.DateTimeField(db_column="DEF_timestamp", auto_now_add=True, db_default=Now())
 
     class Meta:
         abstract = True

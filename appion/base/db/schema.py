@@ -19,6 +19,7 @@ class SchemaReport:
 
     missing_tables: dict[str, list[str]] = field(default_factory=dict)
     missing_columns: dict[str, list[str]] = field(default_factory=dict)  # "table" -> columns
+    unnamed_aliases: list[str] = field(default_factory=list)  # no database configured (appion via processingdb)
 
     @property
     def complete(self) -> bool:
@@ -40,6 +41,9 @@ def calc_schema_report() -> SchemaReport:
         by_alias.setdefault(alias_for(model), []).append(model)
     for alias, models in by_alias.items():
         conn = connections[alias]
+        if not conn.settings_dict["NAME"]:
+            report.unnamed_aliases.append(alias)
+            continue
         with conn.cursor() as cur:
             tables = set(conn.introspection.table_names(cur))
             missing = []
@@ -60,9 +64,9 @@ def create_missing_tables() -> list[str]:
     """CREATE TABLE for every model whose table does not exist; returns the tables created."""
     created = []
     report = calc_schema_report()
-    missing = {t for ts in report.missing_tables.values() for t in ts}
+    missing = {(alias, t) for alias, ts in report.missing_tables.items() for t in ts}
     for model in all_models():
-        if model._meta.db_table not in missing:
+        if (alias_for(model), model._meta.db_table) not in missing:
             continue
         conn = connections[alias_for(model)]
         with conn.schema_editor() as editor:

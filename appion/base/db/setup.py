@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 
 import django
 from django.conf import settings
@@ -22,7 +23,11 @@ class DatabaseUnavailable(Exception):
 
 def _django_db(url: DatabaseURL) -> dict:
     if url.engine == "sqlite":
-        return {"ENGINE": "django.db.backends.sqlite3", "NAME": url.name, "OPTIONS": {"timeout": 60}}
+        # IMMEDIATE: a transaction takes the write lock when it starts, so two processes doing
+        # read-then-write (sinedon's get-or-create) wait for each other instead of failing with
+        # "database is locked" when a read snapshot cannot be upgraded to a write.
+        return {"ENGINE": "django.db.backends.sqlite3", "NAME": url.name,
+                "OPTIONS": {"timeout": 60, "transaction_mode": "IMMEDIATE"}}
     return {"ENGINE": "django.db.backends.mysql", "NAME": url.name, "USER": url.user, "PASSWORD": url.password,
             "HOST": url.host, "PORT": str(url.port),
             "OPTIONS": {"charset": "utf8mb4", "connect_timeout": 10},
@@ -58,9 +63,12 @@ def bootstrap(config: AppionConfig | None = None) -> AppionConfig:
             return _config  # type: ignore[return-value]
         config = config or load_config()
         if config.embedded:
-            config.home.mkdir(parents=True, exist_ok=True)
-            from pathlib import Path
-            Path(config.leginon.name).parent.mkdir(parents=True, exist_ok=True)
+            folder = Path(config.leginon.name).parent
+            try:
+                config.home.mkdir(parents=True, exist_ok=True)
+                folder.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise ConfigError(f"cannot create {folder} for the SQLite database: {exc.strerror}") from None
         settings.configure(
             DEBUG=False,
             USE_TZ=False,
@@ -85,7 +93,9 @@ def current_config() -> AppionConfig:
 def use_appion_database(project_id: int | None = None, name: str | None = None) -> str:
     """Point the appion alias at a project's database (classic: processingdb.appiondb).
 
-    With SQLite this is a no-op (one file).  Returns the database name in use.
+    name wins; else the project's processingdb row; else the configured [database] appion.
+    With SQLite this is a no-op (one file).  Returns the database name in use.  The switch is
+    process-wide (the shared settings and this thread's open connection), as classic's is.
     """
     from django.db import connections
 
@@ -94,18 +104,19 @@ def use_appion_database(project_id: int | None = None, name: str | None = None) 
     config = bootstrap()
     if config.embedded:
         return config.leginon.name
+    if name is None and project_id is not None:
+        row = ProcessingDB.objects.filter(project_id=project_id).order_by("-id").first()
+        name = row.appiondb if row is not None and row.appiondb else None
+        if name is None and config.appion is None:
+            raise ConfigError(f"project {project_id} has no processingdb row naming its appion database "
+                              "and no [database] appion is configured")
     if name is None:
-        if config.appion is not None and project_id is None:
-            return config.appion.name
-        if project_id is None:
+        if config.appion is None:
             raise ConfigError("no appion database configured: give a project id (classic -p/--projectid) "
                               "or set [database] appion in the config")
-        row = ProcessingDB.objects.filter(project_id=project_id).order_by("-id").first()
-        if row is None or not row.appiondb:
-            raise ConfigError(f"project {project_id} has no processingdb row naming its appion database")
-        name = row.appiondb
+        name = config.appion.name
     conn = connections[APPION]
     if conn.settings_dict["NAME"] != name:
         conn.close()
-        conn.settings_dict["NAME"] = name
+        conn.settings_dict["NAME"] = name  # the same dict as settings.DATABASES['appion']
     return name

@@ -67,3 +67,60 @@ def test_seq_column_stored_as_literal_text(db):
     row = m.CorrectorPlanData.objects.get(id=plan.id)
     assert row.bad_rows == "[5, 9]"
     assert parse_seq(row.bad_pixels) == [[1, 2]]
+
+
+def test_text_identity_is_exact(db):
+    """MySQL's default collations compare case- and trailing-space-insensitively; identity must not."""
+    a, _ = insert(m.InstrumentData, name="Krios", hostname="tem1")
+    b, created_b = insert(m.InstrumentData, name="KRIOS", hostname="tem1")
+    c, created_c = insert(m.InstrumentData, name="Krios ", hostname="tem1")
+    d, created_d = insert(m.InstrumentData, name="Krios", hostname="tem1")
+    assert created_b and created_c and not created_d
+    assert len({a.id, b.id, c.id}) == 3 and d.id == a.id
+
+
+def test_rows_written_without_a_timestamp_get_one(db):
+    """Leginon and classic Appion never name DEF_timestamp: tables appion creates must default it."""
+    from django.db import connections
+
+    from appion.base.db.router import alias_for
+
+    conn = connections[alias_for(m.ApPathData)]
+    q = conn.ops.quote_name
+    with conn.cursor() as cur:
+        cur.execute(f"INSERT INTO {q('ApPathData')} ({q('path')}) VALUES (%s)", ["/classic/run1"])
+    row = m.ApPathData.objects.get(path="/classic/run1")
+    assert row.timestamp is not None and row.timestamp.year >= 2024
+
+
+def test_per_project_appion_database_through_processingdb(db):
+    """use_appion_database(project) points appiondata at the database processingdb names (MySQL)."""
+    from django.db import connections
+
+    from appion.base.db import use_appion_database
+
+    config = db
+    if config.embedded:
+        assert use_appion_database(7) == config.leginon.name  # one file holds everything
+        return
+    from tests.conftest import mysql_exec
+
+    base = config.appion.name
+    other = f"{base}_p7"
+    mysql_exec(f"DROP DATABASE IF EXISTS `{other}`; CREATE DATABASE `{other}`; "
+               f"CREATE TABLE `{other}`.`ApPathData` LIKE `{base}`.`ApPathData`")
+    try:
+        project, _ = insert(m.Project, name="p7")
+        insert(m.ProcessingDB, project=project, appiondb=other)
+        assert use_appion_database(project.id) == other
+        insert(m.ApPathData, path="/p7/run")
+        assert mysql_exec(f"SELECT COUNT(*) FROM `{other}`.`ApPathData`").strip() == "1"
+        assert mysql_exec(f"SELECT COUNT(*) FROM `{base}`.`ApPathData`").strip() == "0"
+        assert use_appion_database(None) == base  # back to the configured database
+        assert not m.ApPathData.objects.filter(path="/p7/run").exists()
+        unknown, _ = insert(m.Project, name="no processingdb row")
+        assert use_appion_database(unknown.id) == base  # falls back to the configured one
+    finally:
+        use_appion_database(None)
+        connections["appion"].close()
+        mysql_exec(f"DROP DATABASE IF EXISTS `{other}`")

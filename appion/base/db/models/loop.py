@@ -1,2 +1,57 @@
-"""Appion-side tables for the loop subsystem (filled in by that subsystem)."""
-__all__: list[str] = []
+"""Appion-side tables of the processing loop (classic Appion has none: it kept a pickle per run).
+
+ApLoopRunData is one loop run (its steps, parameter hash and the classic run rows it writes);
+ApLoopExposureData is one exposure × step of that run: how often it was tried, its state and
+last error, so a restart neither redoes finished work nor retries a hopeless movie forever, and
+`appion status` can say what failed and why.  Times are Unix seconds (floats), so latency and
+rates need no timezone handling.
+"""
+from appion.base.db.fields import SinedonModel, integer, real, ref, text
+
+__all__ = ["ApLoopRunData", "ApLoopExposureData"]
+
+L = "leginondata"
+
+# ApLoopExposureData.status values
+QUEUED, RUNNING, RETRY, DONE, FAILED = "queued", "running", "retry", "done", "failed"
+
+
+class ApLoopRunData(SinedonModel):
+    """A loop run: steps 'motion,ctf' over one session, with the classic runs it fills."""
+
+    runname = text()
+    session = ref("SessionData", "session", module=L)
+    steps = text()  # comma-separated step names, in order
+    params_hash = text()  # hash of everything that changes results (resume only with the same)
+    params = text()  # JSON of the parameters, for people
+    path = ref("ApPathData", "path")
+    ddstackrun = ref("ApDDStackRunData", "ddstackrun")
+    acerun = ref("ApAceRunData", "acerun")
+    status = text()  # R running, D done, E error (as ApAppionJobData)
+    hostname = text()
+    pid = integer()
+    started = real()  # Unix seconds
+    heartbeat = real()  # Unix seconds, updated while running
+
+    class Meta(SinedonModel.Meta):
+        db_table = "ApLoopRunData"
+
+
+class ApLoopExposureData(SinedonModel):
+    """One exposure and step of a loop run; updated in place as attempts come and go."""
+
+    looprun = ref("ApLoopRunData", "looprun")
+    image = ref("AcquisitionImageData", "image", module=L)
+    step = text()
+    status = text()  # queued | running | retry | done | failed
+    attempts = integer()  # attempts that ended in an error
+    last_error = text()
+    arrived = real()  # when the exposure was registered (Unix seconds)
+    submitted = real()  # last submission
+    finished = real()  # done or permanently failed
+    seconds = real()  # compute time of the successful attempt
+    retry_after = real()  # earliest time of the next attempt
+    worker = text()
+
+    class Meta(SinedonModel.Meta):
+        db_table = "ApLoopExposureData"
