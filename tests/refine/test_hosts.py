@@ -213,3 +213,40 @@ def test_site_hosts_file_and_jobs_settings(tmp_path):
         retrieve.retrieve_jobs_settings(dataclasses.replace(base, extra={"jobs": {"expire_after_s": "soon"}}))
     with pytest.raises(ConfigError, match="unknown keys"):
         retrieve.retrieve_hosts(dataclasses.replace(base, extra={"hosts": {"x": {"scheduler": "slurm", "qeue": 1}}}))
+
+
+def test_bare_request_writes_only_the_job_lines():
+    """Nothing optional set: name and nodes × ppn only (SGE also shell and the host's parallel environment)."""
+    req = JobRequest(name="j", nodes=2, ppn=3)
+    got = {s: hosts.calc_header_lines(ProcessingHost("c", s, shell="/bin/sh", sge_pe="mpi"), req)
+           for s in hosts.SCHEDULERS}
+    assert got == {"slurm": ["#SBATCH -J j", "#SBATCH -N 2", "#SBATCH --ntasks-per-node=3"],
+                   "pbs": ["#PBS -N j", "#PBS -l nodes=2:ppn=3"],
+                   "sge": ["#$ -N j", "#$ -S /bin/sh", "#$ -pe mpi 6"],
+                   "lsf": ["#BSUB -J j", "#BSUB -n 6", '#BSUB -R "span[ptile=3]"']}
+    # Slurm has no CPU-time limit: a cputime request adds nothing there, a line elsewhere.
+    with_cput = JobRequest(name="j", nodes=2, ppn=3, cputime_h=2)
+    assert hosts.calc_header_lines(ProcessingHost("c", "slurm"), with_cput) == got["slurm"]
+    assert hosts.calc_header_lines(ProcessingHost("c", "lsf"), with_cput)[-1] == "#BSUB -c 2:00"
+
+
+def test_other_scheduler_commands_and_unknown_scheduler():
+    assert hosts.calc_submit_command("sge", "/r/a.job").argv == ["qsub", "/r/a.job"]
+    assert hosts.calc_submit_command("slurm", "/r/a.job").stdin_path is None
+    assert hosts.calc_status_command("pbs", 7) == ["qstat", "7"]
+    assert hosts.calc_status_command("sge", 7) == ["qstat", "-u", "*"]
+    assert hosts.calc_status_command("lsf", 7) == ["bjobs", "-noheader", "-o", "stat", "7"]
+    assert hosts.calc_cancel_command("pbs", 7) == ["qdel", "7"]
+    assert hosts.calc_final_state_command("slurm", 7) == ["scontrol", "show", "job", "7"]
+    assert hosts.calc_final_state_command("pbs", 7) is None
+    assert hosts.parse_final_state("lsf", "JobState=COMPLETED") == (None, "")
+    with pytest.raises(hosts.SchedulerOutputError, match="unknown state 'WEIRD'"):
+        hosts.parse_state("lsf", 5, "WEIRD\n")
+    # An unchecked scheduler name is a configuration error (the tracker logs those and carries on).
+    host = ProcessingHost("c", "condor")
+    for call in (lambda: hosts.calc_header_lines(host, JobRequest(name="j")),
+                 lambda: hosts.calc_submit_command("condor", "/r/a.job"),
+                 lambda: hosts.calc_status_command("condor", 7), lambda: hosts.calc_cancel_command("condor", 7),
+                 lambda: hosts.parse_job_id("condor", "1\n"), lambda: hosts.parse_state("condor", 1, "")):
+        with pytest.raises(hosts.HostConfigError, match="unknown scheduler 'condor'"):
+            call()
