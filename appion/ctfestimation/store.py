@@ -129,15 +129,14 @@ def store_ctf_rows(acerun_id: int, image_id: int, result: CtfResult, *, cs_mm: f
     (returns False).  `inside` (optional callable) runs in the same transaction first.
     graphs: graph1..graph4 paths relative to the run directory.
     """
-    from django.db import transaction
-
     from appion.base.db import models as m
     from appion.base.db.router import alias_for
+    from appion.base.db.sinedon import serialised_inserts
     from appion.ctfestimation.calc.classic import calc_apctfdata_fields
 
     fields = calc_apctfdata_fields(result, cs_mm=cs_mm, amplitude_contrast=amplitude_contrast,
                                    defocus_init_m=defocus_init_m)
-    with transaction.atomic(using=alias_for(m.ApCtfData)):
+    with serialised_inserts(alias_for(m.ApCtfData)):
         if m.ApCtfData.objects.filter(acerun_id=acerun_id, image_id=image_id).exists():
             return False
         if inside is not None:

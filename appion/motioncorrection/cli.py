@@ -1,0 +1,412 @@
+"""`appion motion align`: appion's own frame alignment of one movie, and its daemon entry point.
+
+    appion motion align MOVIE --apix A [--gain G [--gain-rotate N] [--gain-flip [1|2]]]
+        [--defects FILE] [--patch COLS ROWS] [--bin F] [--dose-per-frame E --kv KV]
+        [--first-frame N] [--last-frame N] [--eer-grouping N] [--eer-sampling S]
+        [--bfactor-global B] [--bfactor-local B] [--threads N] [--appion-log] -o OUT.mrc
+
+Writes OUT.mrc (aligned sum), OUT_DW.mrc (exposure weighted, with a dose), OUT.star (RELION
+motion STAR), OUT_shifts.png (drift plot) and with --appion-log OUT_st_Log.txt; all or none.
+Frame numbers on the command line are 0-based and inclusive (like classic --ddstartframe).
+"""
+from __future__ import annotations
+
+import argparse
+import queue
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numba
+import numpy as np
+import scipy.fft
+
+from appion.base import movies
+from appion.motioncorrection import retrieve, store
+from appion.motioncorrection.calc import internal
+
+
+@dataclass(frozen=True)
+class MotionOptions:
+    """Everything `appion motion align` can be told (the daemon builds one per run)."""
+
+    pixel_size_A: float
+    gain_path: str | None = None
+    gain_rotate: int = 0
+    gain_flip: int = 0
+    defects_path: str | None = None
+    patch_cols: int = 0
+    patch_rows: int = 0
+    bin_factor: float = 1.0
+    dose_per_frame_e_per_A2: float | None = None
+    voltage_kV: float = 300.0
+    pre_exposure_e_per_A2: float = 0.0
+    first_frame: int = 0
+    last_frame: int | None = None
+    eer_grouping: int = 1
+    eer_sampling: int = 1
+    bfactor_global_A2: float = 500.0
+    bfactor_local_A2: float = 150.0
+    max_iterations: int = 10
+    tolerance_px: float = 0.02
+    threads: int = 1
+    appion_log: bool = False
+
+
+@dataclass
+class MotionOutcome:
+    """What one alignment produced.  shifts_px: (n, 2) [dx, dy] specimen displacement per frame
+    used, unbinned pixels, relative to the first frame used (RELION's shifts are the negative)."""
+
+    sum_path: Path
+    dw_path: Path | None
+    star_path: Path
+    plot_path: Path
+    log_path: Path | None
+    shifts_px: np.ndarray
+    pixel_size_A: float
+    n_frames: int
+    seconds: dict[str, float] = field(default_factory=dict)
+    local_model: np.ndarray | None = None  # (2, 18) displacement model, unbinned px (None: global only)
+    converged: bool = True
+
+
+def iter_in_background(iterator, depth: int = 1):
+    """Run `iterator` in a daemon thread, `depth` items ahead of the consumer (decoding overlaps FFTs).
+
+    Exceptions from the iterator are re-raised in the consumer.  If the consumer stops early the
+    thread is told to stop at its next item.
+    """
+    items: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    done = object()
+
+    def produce() -> None:
+        try:
+            for item in iterator:
+                while not stop.is_set():
+                    try:
+                        items.put(item, timeout=0.2)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            items.put(done)
+        except BaseException as exc:  # handed to the consumer
+            items.put(exc)
+
+    thread = threading.Thread(target=produce, name="movie-decoder", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = items.get()
+            if item is done:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        while thread.is_alive():
+            try:
+                items.get_nowait()
+            except queue.Empty:
+                thread.join(timeout=0.05)
+
+
+def calc_output_paths(out_path, appion_log: bool, with_dw: bool) -> dict[str, Path | None]:
+    """OUT.mrc -> sum, OUT_DW.mrc, OUT.star, OUT_shifts.png, OUT_st_Log.txt."""
+    out = Path(out_path)
+    stem = out.with_suffix("") if out.suffix.lower() == ".mrc" else out
+    return {
+        "sum": stem.with_name(stem.name + ".mrc"),
+        "dw": stem.with_name(stem.name + "_DW.mrc") if with_dw else None,
+        "star": stem.with_name(stem.name + ".star"),
+        "plot": stem.with_name(stem.name + "_shifts.png"),
+        "log": stem.with_name(stem.name + "_st_Log.txt") if appion_log else None,
+    }
+
+
+def calc_dose_factor(voltage_kV: float) -> float:
+    """Critical-exposure curves are for 300 kV; 200 kV electrons do ~1/0.8 as much damage."""
+    if abs(voltage_kV - 300.0) <= 5.0:
+        return 1.0
+    if abs(voltage_kV - 200.0) <= 5.0:
+        return 1.0 / 0.8
+    raise ValueError(f"dose weighting supports 200 or 300 kV, not {voltage_kV:g} kV")
+
+
+def check_options(options: MotionOptions) -> None:
+    """Raise ValueError for option values that cannot work (before any file is read)."""
+    if not options.pixel_size_A > 0:
+        raise ValueError(f"--apix must be > 0, not {options.pixel_size_A}")
+    if not options.bin_factor >= 1:
+        raise ValueError(f"--bin must be >= 1, not {options.bin_factor}")
+    if options.gain_rotate not in (0, 1, 2, 3) or options.gain_flip not in (0, 1, 2):
+        raise ValueError("--gain-rotate must be 0-3 and --gain-flip 0, 1 or 2")
+    patches = (options.patch_cols, options.patch_rows)
+    if patches != (0, 0) and (min(patches) < 1 or options.patch_cols * options.patch_rows < 4):
+        raise ValueError(f"--patch {patches[0]} {patches[1]}: need at least 4 patches (e.g. 5 5), or 0 0 for none")
+    if options.dose_per_frame_e_per_A2 is not None:
+        if not options.dose_per_frame_e_per_A2 > 0:
+            raise ValueError(f"--dose-per-frame must be > 0, not {options.dose_per_frame_e_per_A2}")
+        calc_dose_factor(options.voltage_kV)
+    if options.threads < 1:
+        raise ValueError("--threads must be >= 1")
+    if options.bfactor_global_A2 < 0 or options.bfactor_local_A2 < 0:
+        raise ValueError("B-factors must be >= 0")
+
+
+def set_thread_limits(threads: int) -> int:
+    """Bound numba's pool; scipy.fft and the decoder get `workers`/`threads` explicitly."""
+    n = max(1, min(int(threads), numba.config.NUMBA_NUM_THREADS))
+    numba.set_num_threads(n)
+    return n
+
+
+def align_movie_file(movie_path, out_path, options: MotionOptions) -> MotionOutcome:
+    """Align one movie and write its outputs (all or nothing).
+
+    Raises movies.MovieError / movies.GainMismatchError / ValueError / OSError with a message
+    naming the file and the problem.
+    """
+    check_options(options)
+    threads = set_thread_limits(options.threads)
+    timings: dict[str, float] = {}
+    movie_path = Path(movie_path)
+    paths = calc_output_paths(out_path, options.appion_log, options.dose_per_frame_e_per_A2 is not None)
+    if not paths["sum"].parent.is_dir():
+        raise OSError(f"{paths['sum'].parent}: output directory does not exist")
+
+    t0 = time.perf_counter()
+    header = retrieve.read_header(movie_path, options.eer_grouping, options.eer_sampling)
+    first = int(options.first_frame)
+    last = header.n_frames - 1 if options.last_frame is None else int(options.last_frame)
+    if not (0 <= first <= last < header.n_frames):
+        raise movies.MovieError(f"{movie_path}: frame range {first}-{last} is outside the movie's "
+                                f"{header.n_frames} frames (0-{header.n_frames - 1})")
+    gain = None
+    if options.gain_path:
+        gain = retrieve.read_oriented_gain(options.gain_path, header.shape_yx, options.gain_rotate, options.gain_flip)
+    mask = retrieve.read_defects_mask(options.defects_path, header.shape_yx) if options.defects_path else None
+    factor = internal.calc_alignment_binning(header.shape_yx, options.pixel_size_A, options.bfactor_global_A2)
+    local = bool(options.patch_cols and options.patch_rows)
+    with_dw = options.dose_per_frame_e_per_A2 is not None
+    shape = tuple(header.shape_yx)
+    state = internal.calc_sum_plan(shape, tiled=local, with_dw=with_dw)
+    # The one full-size copy of the movie: the frames (local model: cut into tiles later) or, for
+    # global shifts, their spectra, computed while the next chunk is decoded in another thread.
+    stored: list[np.ndarray] = []
+    small_chunks, means = [], []
+    chunks = retrieve.iter_corrected_chunks(movie_path, first, last, options.eer_grouping, options.eer_sampling,
+                                            threads, gain, mask)
+    for _, chunk in iter_in_background(chunks):
+        small_chunk = internal.calc_binned_frames(chunk, factor)
+        small_chunks.append(small_chunk)
+        chunk_means = small_chunk.mean(axis=(1, 2), dtype=np.float64)
+        means.extend(chunk_means)
+        if local:
+            stored.extend(chunk)
+        else:
+            for frame, mean in zip(chunk, chunk_means):
+                stored.append(internal.calc_frame_spectrum(state, frame, mean, threads))
+        del chunk
+    del gain, mask
+    timings["read"] = time.perf_counter() - t0  # decoding, binning and (global shifts) the frames' FFTs
+
+    t0 = time.perf_counter()
+    n = len(stored)
+    small = np.concatenate(small_chunks)
+    del small_chunks
+    fast = (internal.calc_fast_size_below(small.shape[1]), internal.calc_fast_size_below(small.shape[2]))
+    small = np.ascontiguousarray(small[:, :fast[0], :fast[1]])  # drop a few edge pixels: fast FFT sizes
+    small_shape = small.shape[1:]
+    small_apix = options.pixel_size_A * factor
+    spectra = internal.calc_spectra(small, threads)
+    del small
+    tol = options.tolerance_px / factor
+    # Coarse stage: stop at 0.25 px, the refinement below takes it further.
+    coarse = internal.calc_frame_shifts(spectra, small_shape, small_apix, options.bfactor_global_A2,
+                                        options.max_iterations, max(tol, 0.25 / factor), workers=threads)
+    # Refinement with the weaker local B-factor: starts from the aligned spectra (small search).
+    fine = internal.calc_frame_shifts(spectra, small_shape, small_apix, options.bfactor_local_A2,
+                                      options.max_iterations, tol, max_shift_px=3, workers=threads)
+    shifts = (coarse.shifts_px + fine.shifts_px) * factor
+    converged = coarse.converged and fine.converged
+    model = None
+    if options.patch_cols and options.patch_rows:
+        aligned = scipy.fft.irfft2(spectra, s=small_shape, axes=(-2, -1), workers=threads).astype(np.float32)
+        centres, trajectories, _ = internal.calc_patch_trajectories(
+            aligned, options.patch_cols, options.patch_rows, small_apix, options.bfactor_local_A2,
+            options.max_iterations, tol, workers=threads)
+        del aligned
+        model = internal.calc_local_model(centres * factor + (factor - 1) / 2.0, trajectories * factor, shape)
+    del spectra
+    timings["align"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    # The drift plot only needs the shifts: render it while the frames are summed (GIL-free work).
+    plot_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="drift-plot")
+    plot_png = plot_pool.submit(store.calc_shift_plot_png, shifts, options.pixel_size_A, first, movie_path.name,
+                                options.dose_per_frame_e_per_A2)
+    plot_pool.shutdown(wait=False)
+    table, step = None, 1.0
+    if with_dw:
+        dose = options.dose_per_frame_e_per_A2 * calc_dose_factor(options.voltage_kV)
+        pre = (options.pre_exposure_e_per_A2 + first * options.dose_per_frame_e_per_A2) * calc_dose_factor(options.voltage_kV)
+        table, step = internal.calc_weight_table(options.pixel_size_A, dose, n, pre)
+    stored.reverse()
+    for j in range(n):
+        item = stored.pop()  # free each frame/spectrum as soon as it is summed
+        wrow = None if table is None else table[j]
+        if local:
+            tile_shifts = internal.calc_tile_shifts(state, shifts[j], model, shape, j)
+            internal.calc_add_frame(state, item, tile_shifts, wrow, step, threads, frame_mean=means[j])
+        else:
+            internal.calc_add_spectra(state, item, shifts[j].reshape(1, 2), wrow, step)
+        del item
+    image, image_dw = internal.calc_finished_sums(state, shape, options.bin_factor, threads)
+    del state
+    timings["sum"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    out_apix = options.pixel_size_A * options.bin_factor
+    general = store.StarGeneral(
+        movie_name=str(movie_path), shape_yx=shape, n_movie_frames=header.n_frames, binning=options.bin_factor,
+        original_pixel_size_A=options.pixel_size_A,
+        dose_per_frame_e_per_A2=options.dose_per_frame_e_per_A2 if with_dw else 1.0,
+        pre_exposure_e_per_A2=options.pre_exposure_e_per_A2, voltage_kV=options.voltage_kV,
+        start_frame=first + 1, gain_name=options.gain_path, defect_file=options.defects_path)
+    blocks = store.calc_motion_star_blocks(general, np.arange(first, last + 1) + 1, shifts, header.format, model)
+    writers = [
+        (paths["sum"], lambda p: store.write_sum_mrc(p, image, out_apix)),
+        (paths["star"], lambda p: store.write_motion_star(p, blocks)),
+        (paths["plot"], lambda p: store.write_png(p, plot_png.result())),
+    ]
+    if with_dw:
+        writers.append((paths["dw"], lambda p: store.write_sum_mrc(p, image_dw, out_apix)))
+    if options.appion_log:
+        text = store.calc_appion_log_text(shifts, first, header.n_frames, options.bin_factor, header.format)
+        writers.append((paths["log"], lambda p: store.write_appion_log(p, text)))
+    store.write_outputs(writers)
+    timings["write"] = time.perf_counter() - t0
+    return MotionOutcome(paths["sum"], paths["dw"], paths["star"], paths["plot"], paths["log"], shifts,
+                         out_apix, n, timings, model, converged)
+
+
+# --------------------------------------------------------------------------------- command line
+
+def _gain_flip(text: str) -> int:
+    value = int(text)
+    if value not in (0, 1, 2):
+        raise argparse.ArgumentTypeError("must be 0, 1 (upside down) or 2 (left-right)")
+    return value
+
+
+def calc_options(args: argparse.Namespace) -> MotionOptions:
+    """MotionOptions from parsed `motion align` arguments."""
+    cols, rows = args.patch if args.patch else (0, 0)
+    if args.dose_per_frame is not None and args.kv is None:
+        raise ValueError("--dose-per-frame needs --kv (the accelerating voltage) for exposure weighting")
+    return MotionOptions(
+        pixel_size_A=args.apix, gain_path=args.gain, gain_rotate=args.gain_rotate, gain_flip=args.gain_flip,
+        defects_path=args.defects, patch_cols=cols, patch_rows=rows, bin_factor=args.bin,
+        dose_per_frame_e_per_A2=args.dose_per_frame, voltage_kV=args.kv if args.kv is not None else 300.0,
+        pre_exposure_e_per_A2=args.pre_exposure, first_frame=args.first_frame, last_frame=args.last_frame,
+        eer_grouping=args.eer_grouping, eer_sampling=args.eer_sampling, bfactor_global_A2=args.bfactor_global,
+        bfactor_local_A2=args.bfactor_local, threads=args.threads, appion_log=args.appion_log)
+
+
+def set_numpy_hugepage_advice(enabled: bool) -> None:
+    """Turn numpy's madvise(MADV_HUGEPAGE) for large arrays on or off (process-wide).
+
+    Measured on this project's 2-core VMs (THP in 'madvise' mode): with it on, the ~8 GB of
+    fresh large arrays of a K3 movie cost ~8 s of extra kernel time (sys 13 s vs 5 s, wall 28 s
+    vs 19-21 s).  The command turns it off for its own process; numpy without the switch is left alone.
+    """
+    for module in ("numpy._core.multiarray", "numpy.core.multiarray"):
+        try:
+            mod = __import__(module, fromlist=["_set_madvise_hugepage"])
+        except ImportError:
+            continue
+        setter = getattr(mod, "_set_madvise_hugepage", None)
+        if setter is not None:
+            setter(bool(enabled))
+            return
+
+
+def cmd_motion_align(args: argparse.Namespace) -> int:
+    """Run `appion motion align`; errors become one line on stderr and exit code 1."""
+    set_numpy_hugepage_advice(False)
+    try:
+        options = calc_options(args)
+        outcome = align_movie_file(args.movie, args.output, options)
+    except (movies.MovieError, movies.GainMismatchError, ValueError, OSError, MemoryError) as exc:
+        message = str(exc).replace("\n", " ")
+        if isinstance(exc, OSError) and exc.filename and str(exc.filename) not in message:
+            message = f"{exc.filename}: {message}"
+        print(f"appion motion align: error: {message}", file=sys.stderr)
+        return 1
+    total, early, late = internal.calc_motion_summary(outcome.shifts_px)
+    print(f"{args.movie}: {outcome.n_frames} frames, drift {total * options.pixel_size_A:.1f} Å "
+          f"({total:.2f} px), wrote {outcome.sum_path}"
+          + (f", {outcome.dw_path}" if outcome.dw_path else "")
+          + f" [{', '.join(f'{k} {v:.1f} s' for k, v in outcome.seconds.items())}]")
+    if not outcome.converged:
+        print(f"{args.movie}: warning: alignment did not converge within {options.max_iterations} iterations",
+              file=sys.stderr)
+    return 0
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    """Add the `motion` command group (subcommand `align`) to an argparse subparsers object."""
+    motion = subparsers.add_parser("motion", help="motion correction of movies")
+    sub = motion.add_subparsers(dest="motion_command", metavar="COMMAND")
+    sub.required = True
+    p = sub.add_parser("align", help="align and sum one movie with appion's own engine",
+                       description="Align the frames of MOVIE (MRC, TIFF or EER) and write the aligned sum, "
+                                   "RELION motion STAR file and drift plot.")
+    p.add_argument("movie", help="movie file (.mrc, .tif/.tiff, .eer)")
+    p.add_argument("-o", "--output", required=True, help="output sum OUT.mrc (other outputs are named after it)")
+    p.add_argument("--apix", type=float, required=True, help="pixel size of the movie frames (Å)")
+    p.add_argument("--gain", help="gain reference (MRC/TIFF): corrected = raw × gain")
+    p.add_argument("--gain-rotate", type=int, default=0, choices=(0, 1, 2, 3),
+                   help="counter-clockwise quarter turns applied to the gain (MotionCor2 -RotGain)")
+    p.add_argument("--gain-flip", type=_gain_flip, nargs="?", const=1, default=0,
+                   help="flip the gain after rotating: 1 upside down (bare flag), 2 left-right (MotionCor2 -FlipGain)")
+    p.add_argument("--defects", help="defect map (MRC/TIFF, nonzero = bad pixel), frame-sized")
+    p.add_argument("--patch", type=int, nargs=2, metavar=("COLS", "ROWS"),
+                   help="local alignment on a COLS × ROWS patch grid (e.g. 5 5)")
+    p.add_argument("--bin", type=float, default=1.0, help="Fourier binning of the output sums (default 1)")
+    p.add_argument("--dose-per-frame", type=float, help="e/Å² per frame: also write OUT_DW.mrc (exposure weighted)")
+    p.add_argument("--kv", type=float, help="accelerating voltage in kV (200 or 300), needed with --dose-per-frame")
+    p.add_argument("--pre-exposure", type=float, default=0.0, help="e/Å² before the first frame (default 0)")
+    p.add_argument("--first-frame", type=int, default=0, help="first frame to use (0-based, default 0)")
+    p.add_argument("--last-frame", type=int, help="last frame to use (0-based, inclusive; default the last)")
+    p.add_argument("--eer-grouping", type=int, default=1, help="EER raw frames per fraction (default 1)")
+    p.add_argument("--eer-sampling", type=int, default=1, choices=(1, 2, 4), help="EER rendering 1, 2 or 4")
+    p.add_argument("--bfactor-global", type=float, default=500.0, help="B-factor (Å²) for global alignment (500)")
+    p.add_argument("--bfactor-local", type=float, default=150.0,
+                   help="B-factor (Å²) for patch alignment and the final global refinement (150)")
+    p.add_argument("--threads", type=int, default=1, help="threads for decoding, FFTs and numba (default 1)")
+    p.add_argument("--appion-log", action="store_true", help="also write the classic Appion OUT_st_Log.txt")
+    p.set_defaults(func=cmd_motion_align)
+    return motion
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m appion.motioncorrection.cli motion align ...`."""
+    parser = argparse.ArgumentParser(prog="appion")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    subparsers.required = True
+    add_parser(subparsers)
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

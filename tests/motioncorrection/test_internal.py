@@ -1,0 +1,164 @@
+"""appion.motioncorrection.calc.internal: alignment accuracy on simulated movies, and the numerics.
+
+Accuracy is measured against the simulator's truth (appion.base.simulate): RMS distance between
+estimated and true trajectories after removing the mean offset.  Small movies keep this fast;
+benchmarks/motion.py runs the 2048², 32-frame cases and RELION.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.fft
+
+from appion.base.physics import calc_exposure_weights
+from appion.base.simulate import MovieParams, calc_local_shifts_px, calc_movie
+from appion.motioncorrection.calc import internal as I
+
+
+def align_global(frames: np.ndarray, pixel_size_A: float = 1.0, b_global: float = 500.0, b_local: float = 150.0):
+    """Two-stage global alignment as the command does it; returns (shifts unbinned (n, 2), factor, spectra)."""
+    f = frames.astype(np.float32)
+    factor = I.calc_alignment_binning(f.shape[1:], pixel_size_A, b_global)
+    small = I.calc_binned_frames(f, factor)
+    spectra = I.calc_spectra(small, 2)
+    tol = 0.02 / factor
+    coarse = I.calc_frame_shifts(spectra, small.shape[1:], pixel_size_A * factor, b_global, 10, tol, workers=2)
+    fine = I.calc_frame_shifts(spectra, small.shape[1:], pixel_size_A * factor, b_local, 10, tol,
+                               max_shift_px=3, workers=2)
+    assert coarse.converged and fine.converged
+    return (coarse.shifts_px + fine.shifts_px) * factor, factor, spectra, small.shape[1:]
+
+
+@pytest.mark.parametrize("dose, drift, seed", [(1.2, 40.0, 1), (2.0, 5.0, 2), (1.5, 20.0, 3)])
+def test_global_trajectory_error_below_0p1_px(dose, drift, seed):
+    params = MovieParams(shape=(1024, 1024), n_frames=24, dose_per_frame_e_per_A2=dose, drift_total_px=drift,
+                         seed=seed)
+    frames, truth = calc_movie(params)
+    shifts, _, _, _ = align_global(frames)
+    error = I.calc_trajectory_rms_error(shifts, truth["shifts_px"])
+    assert error <= 0.10, f"RMS error {error:.3f} px"
+    # and the trajectory really moved that far (not a trivially small drift)
+    assert np.linalg.norm(shifts[-1]) > 0.5 * np.linalg.norm(truth["shifts_px"][-1])
+
+
+def test_local_model_beats_global_only_at_patch_centres():
+    params = MovieParams(shape=(1024, 1024), n_frames=20, dose_per_frame_e_per_A2=2.0, drift_total_px=12.0,
+                         local_deformation_px=4.0, seed=7)
+    frames, truth = calc_movie(params)
+    shifts, factor, spectra, small_shape = align_global(frames)
+    aligned = scipy.fft.irfft2(spectra, s=small_shape, axes=(-2, -1)).astype(np.float32)
+    centres, trajectories, _ = I.calc_patch_trajectories(aligned, 4, 4, float(factor), 150.0, workers=2)
+    centres_px = centres * factor + (factor - 1) / 2.0
+    model = I.calc_local_model(centres_px, trajectories * factor, (1024, 1024))
+    global_err, local_err = [], []
+    for x, y in centres_px:
+        true = calc_local_shifts_px(truth, x, y)
+        global_err.append(I.calc_trajectory_rms_error(shifts, true))
+        local = shifts + I.calc_local_shifts_at(model, x, y, (1024, 1024), len(shifts))
+        local_err.append(I.calc_trajectory_rms_error(local, true))
+    g, l = np.sqrt(np.mean(np.square(global_err))), np.sqrt(np.mean(np.square(local_err)))
+    assert l < 0.5 * g, f"local {l:.3f} px vs global-only {g:.3f} px"
+    assert l <= 0.15
+
+
+def test_local_model_fit_recovers_known_field_with_patch_offsets():
+    rng = np.random.default_rng(0)
+    true = rng.normal(0, 0.02, size=(2, 18))
+    centres = np.array([(x, y) for y in np.linspace(100, 900, 5) for x in np.linspace(100, 900, 5)])
+    traj = np.stack([I.calc_local_shifts_at(true, x, y, (1000, 1000), 16) for x, y in centres])
+    traj += rng.normal(0, 3.0, size=(len(centres), 1, 2))  # arbitrary per-patch origin
+    fitted = I.calc_local_model(centres, traj, (1000, 1000))
+    for x, y in [(250.0, 700.0), (500.0, 500.0)]:
+        np.testing.assert_allclose(I.calc_local_shifts_at(fitted, x, y, (1000, 1000), 16),
+                                   I.calc_local_shifts_at(true, x, y, (1000, 1000), 16), atol=1e-6)
+
+
+def test_peak_fit_is_subpixel_accurate():
+    ny = nx = 64
+    y, x = np.mgrid[0:ny, 0:nx]
+    cc = np.empty((3, ny, nx), np.float32)
+    truth = [(1.3, -2.6), (-0.45, 0.2), (5.0, 3.75)]
+    for j, (dx, dy) in enumerate(truth):
+        xx = (x - dx + nx / 2) % nx - nx / 2
+        yy = (y - dy + ny / 2) % ny - ny / 2
+        cc[j] = np.exp(-(xx ** 2 + yy ** 2) / (2 * 2.0 ** 2))
+    out = np.empty((3, 2))
+    I._find_peaks(cc, 10, out)
+    np.testing.assert_allclose(out, truth, atol=1e-3)
+
+
+def test_global_sum_and_tiled_sum_undo_known_shifts():
+    rng = np.random.default_rng(3)
+    base = scipy.fft.irfft2(scipy.fft.rfft2(rng.normal(size=(300, 340))) *
+                            np.exp(-0.002 * (np.fft.fftfreq(300)[:, None] ** 2 + np.fft.rfftfreq(340) ** 2) * 1e4),
+                            s=(300, 340)).astype(np.float32)
+    d = np.array([[0.0, 0.0], [3.4, -1.25], [-7.6, 2.5]])
+    fy, fx = np.fft.fftfreq(300)[:, None], np.fft.rfftfreq(340)[None, :]
+    frames = [scipy.fft.irfft2(scipy.fft.rfft2(base) * np.exp(-2j * np.pi * (fx * dx + fy * dy)), s=base.shape)
+              .astype(np.float32) for dx, dy in d]
+    for tiled in (False, True):
+        state = I.calc_sum_plan(base.shape, tiled=tiled, with_dw=False, core_px=128)
+        for j, frame in enumerate(frames):
+            I.calc_add_frame(state, frame, I.calc_tile_shifts(state, d[j], None, base.shape, j), None, 1.0)
+        total, _ = I.calc_finished_sums(state, base.shape)
+        inner = (slice(24, -24), slice(24, -24))  # the tiled sum clamps at the image edge
+        np.testing.assert_allclose(total[inner], 3 * base[inner], atol=2e-3 * np.abs(base).max() * 3)
+
+
+def test_tiled_sum_follows_a_local_model():
+    """Frames displaced by a smooth field are summed sharply only when the model is applied."""
+    rng = np.random.default_rng(4)
+    shape = (512, 512)
+    k2 = np.fft.fftfreq(512)[:, None] ** 2 + np.fft.rfftfreq(512)[None, :] ** 2
+    base = scipy.fft.irfft2(scipy.fft.rfft2(rng.normal(size=shape)) * np.exp(-k2 * 200), s=shape)
+    model = np.zeros((2, 18))
+    model[0, 3] = 1.0   # dx = x_norm * t   (t = frame index)
+    model[1, 9] = -0.8  # dy = -0.8 y_norm * t
+    yy, xx = np.mgrid[0:512, 0:512].astype(float)
+    from scipy import ndimage
+    frames = []
+    for t in range(4):
+        dx = model[0, 3] * (xx / 512 - 0.5) * t
+        dy = model[1, 9] * (yy / 512 - 0.5) * t
+        frames.append(ndimage.map_coordinates(base, [yy - dy, xx - dx], order=3, mode="grid-wrap").astype(np.float32))
+    sums = {}
+    for use_model in (False, True):
+        state = I.calc_sum_plan(shape, tiled=True, with_dw=False, core_px=64)
+        for t, frame in enumerate(frames):
+            shifts = I.calc_tile_shifts(state, np.zeros(2), model if use_model else np.zeros((2, 18)), shape, t)
+            I.calc_add_frame(state, frame, shifts, None, 1.0)
+        sums[use_model] = I.calc_finished_sums(state, shape)[0]
+    inner = (slice(40, -40), slice(40, -40))
+    err_model = np.abs(sums[True] - 4 * base)[inner].mean()
+    err_plain = np.abs(sums[False] - 4 * base)[inner].mean()
+    assert err_model < 0.25 * err_plain
+
+
+def test_weight_table_matches_physics():
+    table, step = I.calc_weight_table(1.2, 1.5, 10, 2.0)
+    f = np.array([0.0, 0.1, 0.3, 0.5])
+    idx = np.round(f / step).astype(int)
+    expected = calc_exposure_weights(idx * step / 1.2, 1.5, 10, 2.0) * np.sqrt(10)
+    np.testing.assert_allclose(table[:, idx], expected, rtol=1e-5)
+    assert table[:, 0] == pytest.approx(np.ones(10), rel=1e-5)  # DC: every frame counts fully
+
+
+def test_fourier_crop_keeps_the_mean_and_binned_shape():
+    rng = np.random.default_rng(5)
+    image = (rng.poisson(5.0, size=(200, 300)) + 0.0).astype(np.float32)
+    out_yx = I.calc_output_shape(image.shape, 2.0)
+    assert out_yx == (100, 150)
+    spec = I.calc_fourier_crop(scipy.fft.rfft2(image).astype(np.complex64), image.shape, out_yx)
+    binned = scipy.fft.irfft2(spec, s=out_yx)
+    assert binned.mean() == pytest.approx(image.mean(), rel=1e-5)
+    assert I.calc_output_shape((4092, 5760), 1.5) == (2728, 3840)
+
+
+def test_alignment_binning_follows_bfactor():
+    assert I.calc_alignment_binning((4092, 5760), 0.83, 500.0) == 5  # large frame: binned to ~800 px
+    assert I.calc_alignment_binning((2048, 2048), 1.0, 500.0) == 3  # B-factor rule
+    assert I.calc_alignment_binning((4092, 5760), 0.83, 0.0) == 1
+    assert I.calc_alignment_binning((1024, 1024), 1.0, 500.0) == 2  # keeps >= 512 px
+    small = I.calc_binned_frames(np.arange(2 * 6 * 8, dtype=np.float32).reshape(2, 6, 8), 2)
+    assert small.shape == (2, 3, 4)
+    assert small[0, 0, 0] == pytest.approx((0 + 1 + 8 + 9) / 4)
