@@ -440,7 +440,8 @@ def test_real_relion_recovers_known_drift_and_sign(tmp_path, kind):
     frames, truth = calc_movie(movie)
     d = np.asarray(truth["shifts_px"])
     assert np.ptp(d[:, 0]) > 2.0 and np.ptp(d[:, 1]) > 2.0  # both axes move: a sign error on either shows
-    movie_path = tmp_path / ("movie.mrc" if kind == "mrc" else "movie.tif")
+    # Leginon-style names carry dots in the stem, which RELION would turn into underscores.
+    movie_path = tmp_path / ("movie.frames.mrc" if kind == "mrc" else "movie.frames.tif")
     if kind == "mrc":
         write_mrc(movie_path, frames, 1.0)
     else:
@@ -458,6 +459,7 @@ def test_real_relion_recovers_known_drift_and_sign(tmp_path, kind):
     if kind == "tiff":  # without the y flip, TIFF y would be wrong
         assert rms(estimate * np.array([1.0, -1.0]) - d) > 3.0
     assert np.array_equal(parse_relion_shifts_star(result.star_path), result.shifts_px)
+    assert result.aligned_mrc_path == out_dir / "movie.frames.mrc" and result.star_path == out_dir / "movie.frames.star"
     with mrcfile.open(result.aligned_mrc_path) as mrc:
         assert mrc.data.shape == (384, 384)
     assert result.non_dose_weighted_mrc_path is not None and result.non_dose_weighted_mrc_path.is_file()

@@ -635,6 +635,9 @@ def run_relion_motioncorr(movie_path, out_dir, params: RelionMotionParams, threa
     (`<stem>.mrc`, `<stem>_noDW.mrc`, `<stem>.star`, `<stem>.log`, `<stem>_shifts.eps`) are moved
     into out_dir, which thus looks like a RELION MotionCorr job directory; RELION's stdout goes to
     `<stem>_relion.log`.  pixel_size_A goes into the optics table (used for dose weighting).
+    RELION turns dots in a movie's stem into underscores (Leginon's `x.frames.tif` would come out
+    as `x_frames.mrc`), so the movie is linked in under a dot-free name and the outputs are
+    renamed back to `<stem>` on the way out.
     """
     movie_path = Path(movie_path).resolve()
     if not movie_path.is_file():
@@ -646,9 +649,10 @@ def run_relion_motioncorr(movie_path, out_dir, params: RelionMotionParams, threa
     stdout_log = out_dir / f"{stem}_relion.log"
     project = Path(tempfile.mkdtemp(prefix=f".{stem}.relion.", dir=out_dir))
     try:
-        link = project / movie_path.name
+        safe = stem.replace(".", "_")
+        link = project / f"{safe}{movie_path.suffix}"
         link.symlink_to(movie_path)
-        write_relion_movies_star(project / "movies.star", [movie_path.name], pixel_size_A, params.voltage_kV)
+        write_relion_movies_star(project / "movies.star", [link.name], pixel_size_A, params.voltage_kV)
         cmd = calc_relion_motioncorr_command("movies.star", "MotionCorr/", params, threads, executable,
                                              has_eer=(kind == "eer"))
         with open(stdout_log, "w") as log:
@@ -661,7 +665,7 @@ def run_relion_motioncorr(movie_path, out_dir, params: RelionMotionParams, threa
             except subprocess.TimeoutExpired as exc:
                 raise RelionError(f"{executable} on {movie_path} did not finish within {timeout_s} s") from exc
         produced = project / "MotionCorr"
-        mrc, star, movie_log = produced / f"{stem}.mrc", produced / f"{stem}.star", produced / f"{stem}.log"
+        mrc, star, movie_log = produced / f"{safe}.mrc", produced / f"{safe}.star", produced / f"{safe}.log"
         if proc.returncode != 0 or not mrc.is_file() or not star.is_file():
             tail = calc_log_tail(stdout_log.read_text(errors="replace"))
             if movie_log.is_file():
@@ -669,10 +673,10 @@ def run_relion_motioncorr(movie_path, out_dir, params: RelionMotionParams, threa
             raise RelionError(f"{executable} failed on {movie_path} (exit status {proc.returncode}, "
                               f"sum {'present' if mrc.is_file() else 'missing'}); last lines:\n{tail}")
         shifts, first_frame = calc_relion_shifts(starfile.read(star, always_dict=True))
-        names = [f"{stem}_noDW.mrc", f"{stem}.star", f"{stem}.log", f"{stem}_shifts.eps", f"{stem}.mrc"]
-        for name in names:  # the sum last: its presence means the rest is there
-            if (produced / name).is_file():
-                os.replace(produced / name, out_dir / name)
+        suffixes = ["_noDW.mrc", ".star", ".log", "_shifts.eps", ".mrc"]
+        for suffix in suffixes:  # the sum last: its presence means the rest is there
+            if (produced / f"{safe}{suffix}").is_file():
+                os.replace(produced / f"{safe}{suffix}", out_dir / f"{stem}{suffix}")
     finally:
         shutil.rmtree(project, ignore_errors=True)
     no_dw = out_dir / f"{stem}_noDW.mrc"
