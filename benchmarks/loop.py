@@ -69,7 +69,7 @@ def bench_overhead(n: int, workdir: Path, mariadb: bool = False) -> dict:
 
     from appion.base.cluster import ClusterSettings
     from appion.base.db import models as m
-    from appion.base import loop
+    from appion.base import loop, looptasks
 
     template = m.AcquisitionImageData.objects.get(filename="ov_00001en")
     fields = {f.attname: getattr(template, f.attname) for f in m.AcquisitionImageData._meta.concrete_fields
@@ -100,7 +100,8 @@ def bench_overhead(n: int, workdir: Path, mariadb: bool = False) -> dict:
 
     loop.Loop.poll = poll
     settings = loop.LoopSettings(session="ov", runname="bench", wait=False, idle_s=0.0, poll_s=0.2,
-                                 motion=loop.MotionSettings(engine="noop"), ctf=loop.CtfSettings(engine="noop"),
+                                 motion=looptasks.MotionSettings(engine="noop"),
+                                 ctf=looptasks.CtfSettings(engine="noop"),
                                  cluster=ClusterSettings(dashboard_address=":0"), max_in_flight=8)
     t_all = time.perf_counter()
     summary = loop.run_loop(settings, install_signals=False)

@@ -9,7 +9,10 @@ overrides that.  Three settings protect near-realtime work from the failure mode
 * `distributed.scheduler.unknown-task-duration` is raised so adaptive scaling does not judge the
   first movies as instant and cancel jobs that were just submitted;
 * NUMBA_NUM_THREADS is set to the cores a task may use (there is no CPU binding in a job), and each
-  worker runs one task at a time, so a task's numba/FFT threads own the job's cores.
+  worker runs one task at a time, so a task's numba/FFT threads own the job's cores;
+* the BLAS/OpenMP thread pools (OpenBLAS, MKL, OpenMP) get one thread: scipy's BLAS pool otherwise
+  starts a thread per core and, competing with numba and other workers, slows the CTF fit badly on
+  busy machines.
 """
 from __future__ import annotations
 
@@ -24,6 +27,7 @@ log = logging.getLogger("appion.cluster")
 
 KINDS = ("local", "slurm", "pbs", "sge", "lsf")
 UNKNOWN_TASK_DURATION = "60s"  # movies take seconds to minutes; the default 500ms makes adapt cancel fresh jobs
+SINGLE_THREAD_POOLS = ("OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "OMP_NUM_THREADS")  # one thread each on workers
 
 
 @dataclass(frozen=True)
@@ -71,6 +75,11 @@ def calc_worker_lifetime(walltime: str, stagger: str = "60s") -> str:
     return f"{max(total // 2, total - margin)}s"
 
 
+def calc_worker_environ(threads_per_task: int) -> dict[str, str]:
+    """Environment of local worker processes: numba gets the task's threads, BLAS/OpenMP pools one each."""
+    return {"NUMBA_NUM_THREADS": str(threads_per_task), **{name: "1" for name in SINGLE_THREAD_POOLS}}
+
+
 def calc_worker_count(cpu_count: int, threads_per_task: int) -> int:
     return max(1, cpu_count // max(1, threads_per_task))
 
@@ -97,6 +106,7 @@ def calc_jobqueue_kwargs(settings: ClusterSettings) -> dict:
     prologue = list(conf.get("job-script-prologue") or [])
     prologue.append(f"export NUMBA_NUM_THREADS=${{SLURM_CPUS_PER_TASK:-{cores}}}" if settings.kind == "slurm"
                     else f"export NUMBA_NUM_THREADS={cores}")
+    prologue += [f"export {name}=1" for name in SINGLE_THREAD_POOLS]
     if os.environ.get("NUMBA_CACHE_DIR"):
         prologue.append(f"export NUMBA_CACHE_DIR={os.environ['NUMBA_CACHE_DIR']}")
     kwargs = {"cores": cores, "memory": memory, "processes": 1, "walltime": walltime,
@@ -122,7 +132,8 @@ def start_cluster(settings: ClusterSettings):
     if logging.getLogger().getEffectiveLevel() > logging.DEBUG:
         logging.getLogger("distributed").setLevel(logging.WARNING)  # the scheduler runs in this process
     dask.config.set({"distributed.scheduler.unknown-task-duration": UNKNOWN_TASK_DURATION,
-                     "distributed.nanny.pre-spawn-environ.NUMBA_NUM_THREADS": str(settings.threads_per_task)})
+                     **{f"distributed.nanny.pre-spawn-environ.{name}": value
+                        for name, value in calc_worker_environ(settings.threads_per_task).items()}})
     if settings.kind == "local":
         workers = settings.workers or calc_worker_count(os.cpu_count() or 1, settings.threads_per_task)
         cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,

@@ -113,7 +113,8 @@ def _image_ids(session_name: str, mrclist: str | None, extra_ids: set[int] | Non
 def build_settings(args, argv, *, steps, program, jobtype, motion=None, ctf=None, image_ids=None):
     """LoopSettings for one classic run."""
     from appion.base.cluster import ClusterSettings
-    from appion.base.loop import CtfSettings, LoopSettings, MotionSettings
+    from appion.base.loop import LoopSettings
+    from appion.base.looptasks import CtfSettings, MotionSettings
 
     runname, rundir = _check_runname(args)
     session = _session_name(args)
@@ -190,7 +191,7 @@ def calc_makeddalign_parser() -> argparse.ArgumentParser:
 
 
 def main_makeddalign(argv: list[str] | None = None) -> int:
-    from appion.base.loop import MotionSettings
+    from appion.base.looptasks import MotionSettings
 
     argv = _start(argv)
     args = calc_makeddalign_parser().parse_args(argv)
@@ -239,7 +240,7 @@ def calc_ctf_parser(prog: str, engines: tuple[str, ...], resmax: float, defstep:
 
 
 def _ctf_settings(args, engine: str, extra=()):
-    from appion.base.loop import CtfSettings
+    from appion.base.looptasks import CtfSettings
 
     return CtfSettings(engine=engine, amplitude_contrast=args.ampcontrast, fieldsize=args.fieldsize,
                        resmin_A=args.resmin, resmax_A=args.resmax, defstep_um=args.defstep, numstep=args.numstep,

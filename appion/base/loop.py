@@ -14,101 +14,45 @@ attempt), so resubmitting the same work never duplicates it on the cluster.  Eve
 idempotent (the pair/result row is checked inside the transaction that would insert it), so a
 restart after SIGKILL stores nothing twice and skips nothing.  Database outages are waited out
 (connection closed, back-off, retry).
+
+Modules: this one is the loop process (scheduling, storing, signals, command line); the worker side
+is `looptasks`, pure helpers `loopcalc`, database outage handling and exposure reads `loopdb`,
+`appion status` and the demo table `loopstatus`.
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
 import heapq
 import json
 import logging
-import math
 import os
-import shutil
 import signal
-import socket
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from appion.base.loopcalc import (LoopError, calc_align_stats_fields, calc_backoff_s, calc_params_hash,
+                                  calc_percentile, calc_task_key, calc_tilt_skip, calc_total_drift_px,
+                                  calc_trajectory_fields, one_line)
+from appion.base.loopdb import DatabaseRetry, db_errors, retrieve_exposure_inputs
+from appion.base.loopstatus import calc_demo_table, cmd_status
+from appion.base.looptasks import (CTF_ENGINES, MOTION_ENGINES, CtfInput, CtfRecord, CtfSettings, ExposureInput,
+                                   MotionRecord, MotionSettings, calc_ctf_input, task_ctf, task_motion,
+                                   warm_up_plugin)
+
 log = logging.getLogger("appion.loop")
 
 STEPS = ("motion", "ctf")
-MOTION_ENGINES = ("builtin", "motioncor2", "motioncor3", "relion", "noop")
-CTF_ENGINES = ("builtin", "ctffind4", "gctf", "noop")
 TILT_CHOICES = ("all", "notilt", "hightilt", "lowtilt", "minustilt", "plustilt")
 
 
-# ====================================================================== settings and records
-@dataclass(frozen=True)
-class MotionSettings:
-    """Motion-correction parameters (the ones that change results are hashed into task keys)."""
-
-    engine: str = "builtin"
-    bin: float = 1.0
-    doseweight: bool = True
-    alignlabel: str = "a"
-    ddstartframe: int = 0
-    ddnframe: int | None = None
-    total_dose_e_per_A2: float | None = None  # None: the preset's dose
-    patches: tuple[int, int] = (0, 0)  # (cols, rows), 0 = global only
-    bfactor_global_A2: float = 500.0
-    bfactor_local_A2: float = 150.0
-    iterations: int = 7
-    tolerance_px: float = 0.5
-    group: int = 1
-    eer_sampling: int = 1
-    rendered_frame_size: int = 1
-    frame_ref: int | None = None  # MotionCor2 -FmRef (None: the program's default)
-    mask_center: tuple[float, float] | None = None  # MotionCor2 -MaskCent
-    mask_size: tuple[float, float] | None = None  # MotionCor2 -MaskSize
-    executable: str | None = None  # external engines: program path
-    gpu_ids: str = "0"
-    threads: int = 1  # numba/FFT threads a task may use (not hashed)
-    noop_seconds: float = 0.0  # engine 'noop': pretend to work this long (not hashed)
-
-    def hashed(self) -> dict:
-        d = dataclasses.asdict(self)
-        for k in ("threads", "noop_seconds", "executable", "gpu_ids"):
-            d.pop(k)
-        return d
-
-
-@dataclass(frozen=True)
-class CtfSettings:
-    engine: str = "builtin"
-    amplitude_contrast: float = 0.07
-    fieldsize: int = 512
-    resmin_A: float = 30.0
-    resmax_A: float = 5.0
-    defocus_min_A: float = 5000.0
-    defocus_max_A: float = 50000.0
-    defstep_um: float | None = None  # classic: search nominal ∓ defstep × numstep (µm)
-    numstep: int = 25
-    dast_um: float | None = None  # astigmatism restraint (µm; None = none)
-    phase_plate: bool = False
-    min_phase_shift_deg: float = 0.0
-    max_phase_shift_deg: float = 180.0
-    phase_search_step_deg: float = 10.0
-    bestdb: bool = False
-    exhaustive: bool = False
-    executable: str | None = None
-    extra: tuple[tuple[str, object], ...] = ()  # engine-specific options (e.g. gctf flags)
-    nominal_defocus_um: float | None = None  # classic --nominal: overrides the image's nominal defocus
-    threads: int = 1
-    noop_seconds: float = 0.0
-
-    def hashed(self) -> dict:
-        d = dataclasses.asdict(self)
-        for k in ("threads", "noop_seconds", "executable"):
-            d.pop(k)
-        return d
-
-
+# ====================================================================== settings
 @dataclass(frozen=True)
 class LoopSettings:
+    """One loop run: which session and steps, how to schedule and retry, the engines' settings, where to run."""
+
     session: str
     preset: str | None = None
     steps: tuple[str, ...] = STEPS
@@ -140,546 +84,17 @@ class LoopSettings:
     image_ids: tuple[int, ...] | None = None  # only these (classic --mrclist)
 
 
-@dataclass(frozen=True)
-class ExposureInput:
-    """Everything a worker needs to process one movie: no database access on workers."""
-
-    image_id: int
-    filename: str
-    movie_path: str
-    image_dir: str
-    preset_name: str
-    pixel_size_A: float
-    voltage_kV: float
-    cs_mm: float
-    dose_e_per_A2: float | None
-    n_frames: int | None
-    gain_path: str | None
-    dark_path: str | None
-    frame_rotate: int
-    frame_flip: int
-    defects: tuple[str | None, str | None, str | None]  # corrector plan bad rows / cols / pixels (literal text)
-    nominal_defocus_m: float | None
-    tilt_deg: float
-    arrived: float
-
-
-@dataclass(frozen=True)
-class CtfInput:
-    """One image to CTF-estimate: its MRC file and optics."""
-
-    source_id: int  # the exposure (movie) it belongs to
-    image_id: int | None  # the image row the ApCtfData row will reference (None until registered)
-    filename: str
-    image_path: str
-    pixel_size_A: float
-    voltage_kV: float
-    cs_mm: float
-    nominal_defocus_m: float | None
-
-
-@dataclass(frozen=True)
-class MotionRecord:
-    image_id: int
-    sum_filename: str
-    dw_filename: str | None
-    shifts_px: tuple[tuple[float, float], ...]  # unbinned, displacement of frame i relative to frame 0
-    out_pixel_size_A: float
-    out_shape_yx: tuple[int, int]
-    bin: float
-    seconds: float
-    worker: str
-    log_path: str | None = None
-    plot_path: str | None = None
-    log_positions: tuple[tuple[float, float], ...] = ()  # the classic log's per-frame xy shifts (binned px)
-
-
-@dataclass(frozen=True)
-class CtfRecord:
-    source_id: int
-    image_id: int | None
-    defocus1_A: float
-    defocus2_A: float
-    astig_angle_deg: float
-    phase_shift_rad: float
-    cross_correlation: float
-    fit_resolution_A: float
-    confidence_30_10: float | None
-    confidence_5_peak: float | None
-    resolution_80_percent_A: float | None
-    resolution_50_percent_A: float | None
-    graphs: tuple[str | None, str | None, str | None, str | None]  # relative to the CTF run directory
-    seconds: float
-    worker: str
-
-
-# ====================================================================== pure helpers
-def calc_params_hash(payload: dict) -> str:
-    """A stable short hash of parameters (sorted JSON)."""
-    text = json.dumps(payload, sort_keys=True, default=str)
-    return hashlib.sha1(text.encode()).hexdigest()[:12]
-
-
-def calc_task_key(step: str, image_id: int, params_hash: str, attempt: int) -> str:
-    """Dask key: the same exposure, step, parameters and attempt always get the same key."""
-    return f"{step}-{image_id}-{params_hash}-{attempt}"
-
-
-def calc_backoff_s(base_s: float, attempts: int) -> float:
-    """Exponential back-off before attempt n+1 (base, 2×base, 4×base ..., at most 10 minutes)."""
-    return min(600.0, base_s * (2 ** max(0, attempts - 1)))
-
-
-def calc_tilt_skip(tilt_deg: float, tilt: str) -> bool:
-    """Classic --tiltangle filter: True when an image of this stage tilt is to be skipped."""
-    if tilt == "notilt":
-        return abs(tilt_deg) > 3.0
-    if tilt == "hightilt":
-        return abs(tilt_deg) < 30.0
-    if tilt == "lowtilt":
-        return abs(tilt_deg) >= 30.0
-    if tilt == "minustilt":
-        return tilt_deg > -2.0
-    if tilt == "plustilt":
-        return tilt_deg < 2.0
-    return False
-
-
-def calc_aligned_filenames(filename: str, alignlabel: str, doseweight: bool) -> tuple[str, str | None]:
-    """Classic names of the aligned sums: `<source>-a` and `<source>-a-DW`."""
-    base = f"{filename}-{alignlabel}"
-    return base, (f"{base}-DW" if doseweight else None)
-
-
-def calc_trajectory_fields(positions, limit: int = 20) -> dict:
-    """ApDDFrameTrajectoryData values from the classic log's per-frame positions (relative to the middle frame)."""
-    xs = [round(float(x), 5) for x, _ in positions]
-    ys = [round(float(y), 5) for _, y in positions]
-    return {"pos_x": xs[:limit], "pos_y": ys[:limit], "last_x": xs[-1] if xs else None,
-            "last_y": ys[-1] if ys else None, "number_of_positions": len(xs), "reference_index": len(xs) // 2}
-
-
-def calc_align_stats_fields(positions, pixel_size_A: float) -> dict:
-    """ApDDAlignStatsData values: frame-to-frame shifts of the log positions: the three largest with their
-    index, and the median (binned pixels; apix converts them)."""
-    steps = [math.hypot(positions[i + 1][0] - positions[i][0], positions[i + 1][1] - positions[i][1])
-             for i in range(len(positions) - 1)]
-    ordered = sorted(steps)
-    median = (ordered[len(ordered) // 2] if len(ordered) % 2 else
-              0.5 * (ordered[len(ordered) // 2 - 1] + ordered[len(ordered) // 2])) if ordered else None
-    out = {"apix": pixel_size_A, "median_shift_value": median}
-    ranked = sorted(range(len(steps)), key=lambda i: -steps[i])
-    for k in range(3):
-        out[f"top_shift{k + 1}_value"] = steps[ranked[k]] if k < len(ranked) else None
-        out[f"top_shift{k + 1}_index"] = ranked[k] if k < len(ranked) else None
-    return out
-
-
-def calc_total_drift_px(shifts_px) -> float:
-    """Path length of the trajectory in (unbinned) pixels."""
-    return float(sum(math.hypot(shifts_px[i + 1][0] - shifts_px[i][0], shifts_px[i + 1][1] - shifts_px[i][1])
-                     for i in range(len(shifts_px) - 1)))
-
-
-def calc_percentile(values: list[float], q: float) -> float | None:
-    """Nearest-rank percentile (q in 0..100) of a list; None when empty."""
-    if not values:
-        return None
-    ordered = sorted(values)
-    rank = max(1, math.ceil(q / 100.0 * len(ordered)))
-    return ordered[min(rank, len(ordered)) - 1]
-
-
-def one_line(exc: BaseException, limit: int = 500) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    if not text.startswith(type(exc).__name__):
-        text = f"{type(exc).__name__}: {text}"
-    return text[:limit]
-
-
-def _worker_name() -> str:
-    try:
-        from distributed import get_worker
-
-        return get_worker().address
-    except (ImportError, ValueError):
-        return f"{socket.gethostname()}:{os.getpid()}"
-
-
 def _atomic_write_text(path: Path, text: str) -> None:
+    """Write via a temporary name: a reader never sees half a file."""
     tmp = path.with_name(f".{path.name}.part")
     tmp.write_text(text)
     os.replace(tmp, path)
 
 
-def _move_into(src: Path, target: Path) -> None:
-    """Move a finished output into place without a partial file ever being visible under its final name."""
-    if src.resolve() == target.resolve():
-        return
-    try:
-        os.replace(src, target)
-    except OSError:  # another filesystem: copy to a temporary name there, then rename
-        tmp = target.with_name(f".{target.name}.part")
-        shutil.copyfile(src, tmp)
-        os.replace(tmp, target)
-        src.unlink()
-
-
-# ====================================================================== worker tasks (run on Dask workers)
-def task_motion(inp: ExposureInput, settings: MotionSettings, rundir: str) -> MotionRecord:
-    """Align one movie; the sums go into the session's image directory, the classic log and plot into rundir."""
-    start = time.perf_counter()
-    run = Path(rundir)
-    run.mkdir(parents=True, exist_ok=True)
-    image_dir = Path(inp.image_dir)
-    image_dir.mkdir(parents=True, exist_ok=True)
-    dose_per_frame = calc_dose_per_frame(inp, settings)
-    sum_name, dw_name = calc_aligned_filenames(inp.filename, settings.alignlabel, dose_per_frame is not None)
-    if settings.engine == "noop":
-        if settings.noop_seconds:
-            time.sleep(settings.noop_seconds)
-        n = inp.n_frames or 2
-        zeros = tuple((0.0, 0.0) for _ in range(n))
-        return MotionRecord(inp.image_id, sum_name, dw_name, zeros, inp.pixel_size_A * settings.bin, (0, 0),
-                            settings.bin, time.perf_counter() - start, _worker_name(), log_positions=zeros)
-    from appion.base import movies
-
-    if not Path(inp.movie_path).exists():
-        raise movies.MovieError(f"{inp.movie_path}: movie file does not exist")
-    out = run_motion_engine(inp, settings, run / f"{inp.filename}.mrc", dose_per_frame)
-    shifts = tuple((float(x), float(y)) for x, y in out["shifts_px"])
-    _move_into(Path(out["sum_path"]), image_dir / f"{sum_name}.mrc")
-    if dw_name:
-        _move_into(Path(out["dw_path"]), image_dir / f"{dw_name}.mrc")
-    shape = _read_mrc_shape(image_dir / f"{sum_name}.mrc")
-    log_text = Path(out["log_path"]).read_text()
-    return MotionRecord(inp.image_id, sum_name, dw_name, shifts, out["pixel_size_A"], shape, settings.bin,
-                        time.perf_counter() - start, _worker_name(), str(out["log_path"]),
-                        str(out.get("plot_path") or ""), parse_st_log_positions(log_text))
-
-
-def calc_dose_per_frame(inp: ExposureInput, settings: MotionSettings) -> float | None:
-    """e/Å² per frame for dose weighting (None: no dose known, or dose weighting off)."""
-    if not settings.doseweight:
-        return None
-    total = settings.total_dose_e_per_A2 or inp.dose_e_per_A2
-    if not total or not inp.n_frames:
-        return None
-    return total / inp.n_frames
-
-
-def parse_st_log_positions(text: str) -> tuple[tuple[float, float], ...]:
-    """The per-frame `xy shift: x y` values of a classic `_st_Log.txt` (what classic stores as the trajectory)."""
-    out = []
-    for line in text.splitlines():
-        if "xy shift:" in line:
-            x, y = line.split("xy shift:", 1)[1].split()[:2]
-            out.append((float(x), float(y)))
-    return tuple(out)
-
-
-def _read_mrc_shape(path: Path) -> tuple[int, int]:
-    import mrcfile
-
-    with mrcfile.open(path, header_only=True, permissive=True) as mrc:
-        return int(mrc.header.ny), int(mrc.header.nx)
-
-
-def run_motion_engine(inp: ExposureInput, settings: MotionSettings, out_path: Path,
-                      dose_per_frame: float | None) -> dict:
-    """Run the chosen engine on one movie.  Returns sum_path, dw_path, shifts_px (specimen displacement,
-    unbinned px, relative to the first frame used), pixel_size_A (output), log_path (classic log), plot_path."""
-    from appion.motioncorrection import store as mstore
-
-    first = settings.ddstartframe
-    last = None if settings.ddnframe is None else first + settings.ddnframe - 1
-    if settings.engine == "builtin":
-        from appion.motioncorrection.cli import MotionOptions, align_movie_file
-
-        options = MotionOptions(
-            pixel_size_A=inp.pixel_size_A, gain_path=inp.gain_path, gain_rotate=inp.frame_rotate,
-            gain_flip=inp.frame_flip, patch_cols=settings.patches[0], patch_rows=settings.patches[1],
-            bin_factor=settings.bin, dose_per_frame_e_per_A2=dose_per_frame, voltage_kV=inp.voltage_kV,
-            first_frame=first, last_frame=last, eer_sampling=settings.eer_sampling,
-            eer_grouping=settings.rendered_frame_size, bfactor_global_A2=settings.bfactor_global_A2,
-            bfactor_local_A2=settings.bfactor_local_A2, threads=settings.threads, appion_log=True)
-        o = align_movie_file(inp.movie_path, out_path, options)
-        return {"sum_path": o.sum_path, "dw_path": o.dw_path, "shifts_px": o.shifts_px,
-                "pixel_size_A": o.pixel_size_A, "log_path": o.log_path, "plot_path": o.plot_path}
-    from appion.motioncorrection.calc import external as ext
-
-    kind = ext.calc_movie_kind(inp.movie_path)
-    if settings.engine in ("motioncor2", "motioncor3"):
-        exe = settings.executable or shutil.which("MotionCor2") or shutil.which(settings.engine) or settings.engine
-        params = ext.MotionCor2Params(
-            pixel_size_A=inp.pixel_size_A, voltage_kV=inp.voltage_kV, start_frame=first, n_frames_sum=settings.ddnframe,
-            bin_factor=settings.bin, group_global=settings.group, frame_ref=settings.frame_ref,
-            mask_center=settings.mask_center, mask_size=settings.mask_size, n_iter=settings.iterations,
-            tolerance_px=settings.tolerance_px, patch_cols=settings.patches[0], patch_rows=settings.patches[1],
-            bfactor_global=settings.bfactor_global_A2, bfactor_local=settings.bfactor_local_A2,
-            gpu_ids=tuple(int(x) for x in settings.gpu_ids.split(",") if x.strip()),
-            dose_weight=dose_per_frame is not None,
-            total_dose_e_per_A2=(dose_per_frame or 0.0) * (inp.n_frames or 0) or None, gain_path=inp.gain_path,
-            dark_path=inp.dark_path, gain_rotate=inp.frame_rotate, gain_flip=inp.frame_flip,
-            rendered_frame_size=settings.rendered_frame_size, eer_sampling=settings.eer_sampling)
-        o = ext.run_motioncor2(exe, inp.movie_path, out_path, params, timeout_s=3600.0)
-        s = o.shifts_px - o.shifts_px[0]
-        disp = ext.calc_displacement_from_relion_shifts(s, kind)
-        sum_path, dw_path = o.aligned_mrc_path, o.dose_weighted_mrc_path
-    elif settings.engine == "relion":
-        params = ext.RelionMotionParams(
-            bin_factor=settings.bin, bfactor_A2=settings.bfactor_local_A2, dose_weighting=dose_per_frame is not None,
-            dose_per_frame_e_per_A2=dose_per_frame or 1.0, voltage_kV=inp.voltage_kV,
-            patch_x=max(1, settings.patches[0]), patch_y=max(1, settings.patches[1]), group_frames=settings.group,
-            first_frame_sum=first + 1, last_frame_sum=(last + 1) if last is not None else -1,
-            gain_path=inp.gain_path, gain_rot=inp.frame_rotate, gain_flip=inp.frame_flip)
-        o = ext.run_relion_motioncorr(inp.movie_path, out_path.parent, params, threads=settings.threads,
-                                      pixel_size_A=inp.pixel_size_A,
-                                      executable=settings.executable or "relion_run_motioncorr")
-        disp = ext.calc_displacement_from_relion_shifts(o.shifts_px, kind)
-        if dose_per_frame is not None:
-            sum_path, dw_path = o.non_dose_weighted_mrc_path or o.aligned_mrc_path, o.aligned_mrc_path
-        else:
-            sum_path, dw_path = o.aligned_mrc_path, None
-    else:
-        raise ValueError(f"unknown motion engine {settings.engine!r} (choose from {', '.join(MOTION_ENGINES)})")
-    log_path = out_path.with_name(out_path.stem + "_st_Log.txt")
-    text = mstore.calc_appion_log_text(disp, first, len(disp), settings.bin, kind)
-    mstore.write_appion_log(log_path, text)
-    return {"sum_path": sum_path, "dw_path": dw_path, "shifts_px": disp, "pixel_size_A": inp.pixel_size_A * settings.bin,
-            "log_path": log_path, "plot_path": None}
-
-
-def task_ctf(inp: CtfInput, settings: CtfSettings, rundir: str) -> CtfRecord:
-    """Estimate the CTF of one image; diagnostic files go into rundir."""
-    start = time.perf_counter()
-    run = Path(rundir)
-    run.mkdir(parents=True, exist_ok=True)
-    if settings.engine == "noop":
-        if settings.noop_seconds:
-            time.sleep(settings.noop_seconds)
-        df = abs(inp.nominal_defocus_m or 1.5e-6) * 1e10
-        return CtfRecord(inp.source_id, inp.image_id, df, df, 0.0, 0.0, 0.1, 8.0, None, None, None, None,
-                         (None, None, None, None), time.perf_counter() - start, _worker_name())
-    if not Path(inp.image_path).exists():
-        raise FileNotFoundError(f"{inp.image_path}: image to CTF-estimate does not exist")
-    out = run_ctf_engine(inp, settings, run)
-    r = out["result"]
-    graphs = tuple(os.path.relpath(p, run) if p else None for p in out["graphs"])
-    return CtfRecord(inp.source_id, inp.image_id, r.defocus1_A, r.defocus2_A, r.astig_angle_deg, r.phase_shift_rad,
-                     r.cross_correlation, r.fit_resolution_A, r.confidence_30_10, r.confidence_5_peak,
-                     r.resolution_80_percent_A, r.resolution_50_percent_A, graphs, time.perf_counter() - start,
-                     _worker_name())
-
-
-def calc_ctf_search_range_A(inp: CtfInput, settings: CtfSettings) -> tuple[float, float]:
-    """Defocus search range: classic start ∓ defstep × numstep around the nominal defocus when --defstep is
-    given and the nominal defocus is known, else [defocus_min, defocus_max]."""
-    nominal_A = (settings.nominal_defocus_um * 1e4 if settings.nominal_defocus_um
-                 else abs(inp.nominal_defocus_m or 0.0) * 1e10)
-    if settings.defstep_um and nominal_A:
-        from appion.ctfestimation.calc.external import calc_classic_defocus_range_A
-
-        return calc_classic_defocus_range_A(nominal_A, settings.defstep_um, settings.numstep)
-    return settings.defocus_min_A, settings.defocus_max_A
-
-
-def run_ctf_engine(inp: CtfInput, settings: CtfSettings, rundir: Path) -> dict:
-    """Run the chosen CTF engine on one image; returns result (CtfResult) and graphs (4 paths or None)."""
-    low, high = calc_ctf_search_range_A(inp, settings)
-    step_A = (settings.defstep_um or 0.05) * 1e4
-    diag = rundir / f"{inp.filename}-pow.mrc"
-    if settings.engine == "builtin":
-        from appion.ctfestimation import cli as ctfcli
-
-        options = _builtin_ctf_options(ctfcli, inp, settings, low, high)
-        out = ctfcli.estimate_ctf_file(inp.image_path, rundir / f"{inp.filename}-pow.txt", options)
-        return {"result": out.result, "graphs": (getattr(out, "png_path", None), None, None, None)}
-    from appion.ctfestimation.calc import external as ext
-
-    if settings.engine == "ctffind4":
-        params = ext.Ctffind4Params(
-            pixel_size_A=inp.pixel_size_A, voltage_kV=inp.voltage_kV, cs_mm=inp.cs_mm, defocus_min_A=low,
-            defocus_max_A=high, defocus_step_A=step_A, amplitude_contrast=settings.amplitude_contrast,
-            box_size_px=settings.fieldsize, resmin_A=settings.resmin_A, resmax_A=settings.resmax_A,
-            exhaustive_search=settings.exhaustive,
-            astigmatism_restraint_A=settings.dast_um * 1e4 if settings.dast_um else None,
-            find_phase_shift=settings.phase_plate, min_phase_shift_rad=math.radians(settings.min_phase_shift_deg),
-            max_phase_shift_rad=math.radians(settings.max_phase_shift_deg),
-            phase_shift_step_rad=math.radians(settings.phase_search_step_deg))
-        out = ext.run_ctffind4(settings.executable or "ctffind4", inp.image_path, diag, params)
-        return {"result": out.result, "graphs": (out.diag_path, out.avrot_path, None, None)}
-    if settings.engine == "gctf":
-        link = rundir / f"{inp.filename}.mrc"  # Gctf writes next to its input: give it one in the run directory
-        if not link.exists():
-            tmp = link.with_name(f".{link.name}.link")
-            tmp.unlink(missing_ok=True)
-            tmp.symlink_to(Path(inp.image_path).resolve())
-            os.replace(tmp, link)
-        extra = dict(settings.extra)
-        params = ext.GctfParams(
-            pixel_size_A=inp.pixel_size_A, voltage_kV=inp.voltage_kV, cs_mm=inp.cs_mm, defocus_min_A=low,
-            defocus_max_A=high, defocus_step_A=step_A, amplitude_contrast=settings.amplitude_contrast,
-            box_size_px=settings.fieldsize, resmin_A=settings.resmin_A, resmax_A=settings.resmax_A,
-            astigmatism_A=(settings.dast_um or 1000.0) * 1e4, find_phase_shift=settings.phase_plate,
-            min_phase_shift_deg=settings.min_phase_shift_deg, max_phase_shift_deg=settings.max_phase_shift_deg,
-            phase_shift_step_deg=settings.phase_search_step_deg, **extra)
-        out = ext.run_gctf(settings.executable or "gctf", link, params)
-        return {"result": out.result, "graphs": (out.ctf_path, out.log_path, None, None)}
-    raise ValueError(f"unknown CTF engine {settings.engine!r} (choose from {', '.join(CTF_ENGINES)})")
-
-
-def _builtin_ctf_options(ctfcli, inp: CtfInput, settings: CtfSettings, low: float, high: float):
-    """The built-in engine's options from the loop's settings."""
-    return ctfcli.CtfOptions(
-        pixel_size_A=inp.pixel_size_A, voltage_kV=inp.voltage_kV, cs_mm=inp.cs_mm,
-        amplitude_contrast=settings.amplitude_contrast, box=settings.fieldsize, resmin_A=settings.resmin_A,
-        resmax_A=settings.resmax_A, dfmin_A=low, dfmax_A=high,
-        dfstep_A=(settings.defstep_um * 1e4) if settings.defstep_um else 100.0,
-        astig_restraint_A=(settings.dast_um * 1e4) if settings.dast_um else None,
-        find_phase_shift=settings.phase_plate, phase_min_rad=math.radians(settings.min_phase_shift_deg),
-        phase_max_rad=math.radians(settings.max_phase_shift_deg),
-        phase_step_rad=math.radians(settings.phase_search_step_deg), threads=settings.threads)
-
-
-def warm_up_worker(steps: tuple[str, ...], motion_engine: str, ctf_engine: str) -> None:
-    """Import the engines in a fresh worker before its first movie (numba/scipy imports take seconds)."""
-    import importlib
-
-    modules = []
-    if "motion" in steps and motion_engine != "noop":
-        modules += ["appion.base.movies", "appion.motioncorrection.store",
-                    "appion.motioncorrection.cli" if motion_engine == "builtin" else "appion.motioncorrection.calc.external"]
-    if "ctf" in steps and ctf_engine != "noop":
-        modules += ["appion.ctfestimation.cli" if ctf_engine == "builtin" else "appion.ctfestimation.calc.external"]
-    for name in modules:
-        try:
-            importlib.import_module(name)
-        except ImportError:  # reported properly by the first task that needs it
-            pass
-
-
-def _warm_up_plugin(steps, motion_engine, ctf_engine):
-    """A worker plugin that warms up every worker, including ones adaptive scaling starts later."""
-    from distributed.diagnostics.plugin import WorkerPlugin
-
-    class WarmUp(WorkerPlugin):
-        name = "appion-warm-up"
-
-        def setup(self, worker):
-            warm_up_worker(steps, motion_engine, ctf_engine)
-
-    return WarmUp()
-
-
-# ====================================================================== database access with outage handling
-def _db_errors():
-    from django.db.utils import InterfaceError, OperationalError
-
-    return (OperationalError, InterfaceError)
-
-
-def close_db_connections() -> None:
-    """Drop every (possibly broken) connection; Django reconnects on next use."""
-    from django.db import connections
-
-    for conn in connections.all(initialized_only=True):
-        try:
-            conn.close()
-        except Exception:  # a dead server makes close() raise too; the connection is gone either way
-            conn.connection = None
-
-
-class DatabaseRetry:
-    """Run database work, waiting out outages: on OperationalError/InterfaceError close the connections,
-    back off (0.5 s doubling to 10 s) and try again.  Logs the outage once and its end."""
-
-    def __init__(self, should_give_up=lambda: False):
-        self.should_give_up = should_give_up
-        self.outage_started: float | None = None
-        self.outages = 0
-
-    def __call__(self, fn, *args, what: str = "database work", **kwargs):
-        delay = 0.5
-        errors = _db_errors()
-        while True:
-            try:
-                result = fn(*args, **kwargs)
-            except errors as exc:
-                if self.outage_started is None:
-                    self.outage_started = time.monotonic()
-                    self.outages += 1
-                    log.warning("database unavailable during %s (%s); waiting and reconnecting", what, one_line(exc))
-                close_db_connections()
-                if self.should_give_up():
-                    raise
-                time.sleep(delay)
-                delay = min(10.0, delay * 2)
-                continue
-            if self.outage_started is not None:
-                log.warning("database reachable again after %.1f s; continuing", time.monotonic() - self.outage_started)
-                self.outage_started = None
-            return result
-
-
-# ====================================================================== exposure inputs (loop process, reads)
-def retrieve_exposure_inputs(session, image_rows: list[dict]) -> dict[int, ExposureInput]:
-    """ExposureInput per image id for a batch of AcquisitionImageData rows (a handful of queries per batch)."""
-    from appion.base import retrieve as r
-
-    ctx = r.retrieve_image_context(image_rows)
-    frame_dir = Path(session.frame_path or "")
-    image_dir = Path(session.image_path or "")
-    out = {}
-    for row in image_rows:
-        cam = ctx["cameras"].get(row["camera_id"])
-        scope = ctx["scopes"].get(row["scope_id"])
-        preset = ctx["presets"].get(row["preset_id"])
-        tem = ctx["tems"].get(scope.tem_id if scope else None) or ctx["tems"].get(preset.tem_id if preset else None)
-        mag = (scope.magnification if scope else None) or (preset.magnification if preset else None)
-        px_m = r.calc_pixel_size_m(ctx["calibrations"], mag, tem.id if tem else None,
-                                   cam.ccdcamera_id if cam else None, row["timestamp"])
-        binning = (cam.binning_x if cam and cam.binning_x else 1)
-        frames_name = (cam.frames_name if cam and cam.frames_name else f"{row['filename']}.frames.tif")
-        norm = ctx["norms"].get(row["norm_id"])
-        dark = ctx["darks"].get(row["dark_id"])
-        plan = ctx["plans"].get(row["corrector_plan_id"])
-        ts = row["timestamp"]
-        out[row["id"]] = ExposureInput(
-            image_id=row["id"], filename=row["filename"], movie_path=str(frame_dir / frames_name),
-            image_dir=str(image_dir), preset_name=preset.name if preset else "",
-            pixel_size_A=(px_m or 1e-10) * binning * 1e10,
-            voltage_kV=(scope.high_tension or 300000) / 1e3 if scope else 300.0,
-            cs_mm=(tem.cs * 1e3) if tem and tem.cs is not None else 2.7,
-            dose_e_per_A2=(preset.dose / 1e20) if preset and preset.dose else None,
-            n_frames=cam.nframes if cam else None,
-            gain_path=str(image_dir / norm.image) if norm and norm.image else None,
-            dark_path=str(image_dir / dark.image) if dark and dark.image else None,
-            frame_rotate=int(cam.frame_rotate or 0) if cam else 0,
-            frame_flip=int(bool(cam.frame_flip)) if cam else 0,
-            defects=(plan.bad_rows, plan.bad_cols, plan.bad_pixels) if plan else (None, None, None),
-            nominal_defocus_m=scope.defocus if scope else None,
-            tilt_deg=math.degrees(scope.stage_a or 0.0) if scope else 0.0,
-            arrived=_epoch(ts),
-        )
-    return out
-
-
-def _epoch(ts) -> float:
-    """Unix seconds of a naive DEF_timestamp (Django runs with TIME_ZONE=UTC, USE_TZ=False)."""
-    import datetime as dt
-
-    if ts is None:
-        return time.time()
-    if ts.tzinfo is None:
-        ts = ts.replace(tzinfo=dt.timezone.utc)
-    return ts.timestamp()
-
-
 # ====================================================================== errors
 def user_errors() -> tuple[type[Exception], ...]:
     """Errors that are a person's to fix (no such session, run name clash): printed as one line."""
-    from appion.base.store import RunConflict  # imported late: workers must not start Django
+    from appion.base.store import RunConflict  # imported late: every `appion` command imports this module
 
     return (LoopError, RunConflict)
 
@@ -704,10 +119,6 @@ class LoopSummary:
     latency_s: dict[int, float] = field(default_factory=dict)
     stopped_by_signal: bool = False
     db_outages: int = 0
-
-
-class LoopError(RuntimeError):
-    """The loop cannot start (no such session, run name clash ...); message is for people."""
 
 
 class Loop:
@@ -951,14 +362,11 @@ class Loop:
         for source, name in wanted.items():
             if name in found and source in inputs:
                 inp = inputs[source]
-                self.ctf_inputs[source] = CtfInput(source, found[name], name, str(Path(inp.image_dir) / f"{name}.mrc"),
-                                                   inp.pixel_size_A * self.s.motion.bin, inp.voltage_kV, inp.cs_mm,
-                                                   inp.nominal_defocus_m)
+                self.ctf_inputs[source] = calc_ctf_input(inp, found[name], name, inp.pixel_size_A * self.s.motion.bin)
 
     def _ctf_input_for_image(self, inp: ExposureInput) -> CtfInput:
         """CTF-only runs: the exposure's own MRC in the session's image directory."""
-        return CtfInput(inp.image_id, inp.image_id, inp.filename, str(Path(inp.image_dir) / f"{inp.filename}.mrc"),
-                        inp.pixel_size_A, inp.voltage_kV, inp.cs_mm, inp.nominal_defocus_m)
+        return calc_ctf_input(inp, inp.image_id, inp.filename, inp.pixel_size_A)
 
     def _enqueue(self, image_id: int, step: str) -> None:
         from appion.base.db.models.loop import QUEUED
@@ -1039,7 +447,7 @@ class Loop:
                 else:
                     self._store_ctf(work, record)
                 return
-            except _db_errors():
+            except db_errors():
                 raise  # only when giving up on a dead database during a hard stop
             except Exception as exc:  # storing failed for a reason of this exposure (bad data)
                 self._failed(work, f"storing the result: {one_line(exc)}")
@@ -1081,10 +489,7 @@ class Loop:
         self.summary.motion[work.image_id] = record
         self.status[(work.image_id, "motion")] = "done"
         ctf_name = record.dw_filename or record.sum_filename
-        self.ctf_inputs[work.image_id] = CtfInput(work.image_id, dw_id or result_id, ctf_name,
-                                                  str(Path(inp.image_dir) / f"{ctf_name}.mrc"),
-                                                  record.out_pixel_size_A, inp.voltage_kV, inp.cs_mm,
-                                                  inp.nominal_defocus_m)
+        self.ctf_inputs[work.image_id] = calc_ctf_input(inp, dw_id or result_id, ctf_name, record.out_pixel_size_A)
         log.debug("%s motion %.2f s on %s", inp.filename, record.seconds, record.worker)
         self._advance(work, now)
 
@@ -1195,12 +600,17 @@ class Loop:
         try:
             self.cluster, self.client, self.task_slots = start_cluster(self.cluster_settings)
             try:
-                self.client.register_plugin(_warm_up_plugin(self.s.steps, self.s.motion.engine, self.s.ctf.engine))
+                self.client.register_plugin(warm_up_plugin(self.s.steps, self.s.motion.engine, self.s.ctf.engine))
             except Exception as exc:  # only an optimisation
                 log.warning("could not warm up the workers: %s", one_line(exc))
+            dashboard = describe_dashboard(self.client)
             print(f"appion loop: session {self.s.session}, run {self.s.runname}, steps {'+'.join(self.s.steps)} on "
-                  f"{self.cluster_settings.kind} ({self.task_slots} task slots); dashboard: "
-                  f"{describe_dashboard(self.client)}", flush=True)
+                  f"{self.cluster_settings.kind} ({self.task_slots} task slots); dashboard: {dashboard}", flush=True)
+            if self.s.commit and self.looprun_id:  # the web viewer links it from the session page
+                from appion.base import store as st
+
+                self.db(st.store_loop_run_fields, self.looprun_id, dashboard=dashboard,
+                        what="recording the dashboard address")
             next_poll = next_beat = 0.0
             while not self.stop_requested:
                 now = time.monotonic()
@@ -1294,78 +704,6 @@ def run_loop(settings: LoopSettings, install_signals: bool = True) -> LoopSummar
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-
-
-# ====================================================================== status
-def calc_status_report(session_name: str, runname: str | None = None, now: float | None = None) -> str:
-    """`appion status`: per loop run and step: done / running / queued / failed (with reasons), rates, backlog."""
-    from appion.base import retrieve as r
-    from appion.base.db import models as m
-    from appion.base.db.models.loop import DONE, FAILED, QUEUED, RETRY, RUNNING
-
-    now = time.time() if now is None else now
-    session = r.retrieve_session(session_name)
-    if session is None:
-        raise LoopError(f"session {session_name!r} not found")
-    runs = m.ApLoopRunData.objects.filter(session_id=session.id).order_by("id")
-    if runname:
-        runs = runs.filter(runname=runname)
-    lines = [f"session {session.name}"]
-    if not runs.exists():
-        lines.append("  no loop runs yet (start one with `appion loop --session NAME`)")
-        return "\n".join(lines)
-    hour_ago = now - 3600
-    for run in runs:
-        params = json.loads(run.params or "{}")
-        preset = params.get("preset")
-        images = m.AcquisitionImageData.objects.filter(session_id=session.id)
-        if preset:
-            images = images.filter(preset_id__in=r.retrieve_preset_ids(session.id, preset))
-        else:
-            cams = set(m.CameraEMData.objects.filter(session_id=session.id, align_frames=True)
-                       .values_list("id", flat=True))
-            images = images.exclude(camera_id__in=cams)
-        stamps = [_epoch(t) for t in images.values_list("timestamp", flat=True)]
-        total = len(stamps)
-        arrived_last_hour = sum(1 for t in stamps if t >= hour_ago)
-        alive = run.status == "R" and run.heartbeat and now - run.heartbeat < 60
-        state = {"R": "running" if alive else "not running (no heartbeat: killed?)", "D": "finished",
-                 "E": "ended with an error"}.get(run.status or "", run.status or "?")
-        lines.append(f"run {run.runname} ({run.steps}; {state}; host {run.hostname} pid {run.pid})")
-        rows = list(m.ApLoopExposureData.objects.filter(looprun_id=run.id)
-                    .values("image_id", "step", "status", "attempts", "last_error", "arrived", "finished"))
-        names = dict(m.AcquisitionImageData.objects.filter(id__in={x["image_id"] for x in rows})
-                     .values_list("id", "filename"))
-        steps = (run.steps or "").split(",")
-        for step in steps:
-            mine = [x for x in rows if x["step"] == step]
-            count = {k: sum(1 for x in mine if x["status"] == k) for k in (DONE, RUNNING, QUEUED, RETRY, FAILED)}
-            done_times = [x["finished"] for x in mine if x["status"] == DONE and x["finished"]]
-            out_last_hour = sum(1 for t in done_times if t >= hour_ago)
-            backlog = total - count[DONE] - count[FAILED]
-            lines.append(f"  {step:<6} done {count[DONE]:>5}  running {count[RUNNING]:>3}  queued {count[QUEUED]:>4}  "
-                         f"retrying {count[RETRY]:>3}  failed {count[FAILED]:>3}  backlog {backlog:>4}  "
-                         f"in {arrived_last_hour}/h  out {out_last_hour}/h")
-            latencies = [x["finished"] - x["arrived"] for x in mine
-                         if x["status"] == DONE and x["finished"] and x["arrived"]]
-            if latencies and step == steps[-1]:
-                lines.append(f"         latency from registration: p50 {calc_percentile(latencies, 50):.1f} s, "
-                             f"p95 {calc_percentile(latencies, 95):.1f} s")
-            for x in mine:
-                if x["status"] in (FAILED, RETRY):
-                    what = "FAILED" if x["status"] == FAILED else "retrying"
-                    lines.append(f"    {what} {names.get(x['image_id'], x['image_id'])} {step} "
-                                 f"after {x['attempts']} attempt(s): {x['last_error']}")
-    return "\n".join(lines)
-
-
-def cmd_status(args) -> int:
-    try:
-        print(calc_status_report(args.session, args.runname))
-    except LoopError as exc:
-        print(f"appion: {exc}", file=sys.stderr)
-        return 2
-    return 0
 
 
 # ====================================================================== command line
@@ -1527,58 +865,3 @@ def run_demo(session_name: str) -> int:
     print_summary(summary)
     print(f"see also: appion status {session_name}")
     return 0 if not summary.failed else 1
-
-
-def calc_demo_table(session_name: str, runname: str) -> str:
-    """Per exposure, from the database rows of a run: drift, CTF fit (with the simulated truth when known), time."""
-    from appion.base import retrieve as r
-    from appion.base.db import models as m
-    from appion.base.db.fields import parse_seq
-
-    session = r.retrieve_session(session_name)
-    looprun = m.ApLoopRunData.objects.filter(session_id=session.id, runname=runname).order_by("-id").first()
-    if looprun is None:
-        return f"no run {runname!r} in session {session_name!r}"
-    pairs = dict(m.ApDDAlignImagePairData.objects.filter(ddstackrun_id=looprun.ddstackrun_id)
-                 .values_list("source_id", "result_id"))
-    trajectories = {t.image_id: t for t in m.ApDDFrameTrajectoryData.objects.filter(ddstackrun_id=looprun.ddstackrun_id)}
-    ctf_by_image = {c.image_id: c for c in m.ApCtfData.objects.filter(acerun_id=looprun.acerun_id)}
-    seconds: dict[int, float] = {}
-    for image_id, secs in m.ApLoopExposureData.objects.filter(looprun_id=looprun.id).values_list("image_id", "seconds"):
-        seconds[image_id] = seconds.get(image_id, 0.0) + (secs or 0.0)
-    names = dict(m.AcquisitionImageData.objects.filter(session_id=session.id).values_list("id", "filename"))
-    dw_ids = r.retrieve_images_by_filename(session.id, [f"{names[x]}-DW" for x in pairs.values() if x in names])
-    head = (f"{'exposure':<18} {'drift px':>8} {'defocus1 µm':>11} {'defocus2 µm':>11} {'astig °':>7} "
-            f"{'truth µm':>15} {'fit Å':>6} {'time s':>6}")
-    lines = [head, "-" * len(head)]
-    for source in sorted(pairs):
-        result = pairs[source]
-        traj = trajectories.get(result)
-        drift = "-"
-        if traj is not None:
-            xs, ys = parse_seq(traj.pos_x) or [], parse_seq(traj.pos_y) or []
-            drift = f"{calc_total_drift_px(list(zip(xs, ys))):.1f}"
-        ctf = ctf_by_image.get(dw_ids.get(f"{names.get(result)}-DW")) or ctf_by_image.get(result)
-        if ctf is not None:
-            fit = ctf.ctffind4_resolution
-            cols = (f"{ctf.defocus1 * 1e6:11.3f} {ctf.defocus2 * 1e6:11.3f} {ctf.angle_astigmatism:7.1f}",
-                    f"{fit:6.1f}" if fit < 1e4 else f"{'none':>6}")
-        else:
-            cols = (f"{'-':>11} {'-':>11} {'-':>7}", f"{'-':>6}")
-        truth = _read_truth(session, names.get(source, ""))
-        tr = f"{min(truth) / 1e4:7.3f}/{max(truth) / 1e4:7.3f}" if truth else f"{'-':>15}"
-        lines.append(f"{names.get(source, source)!s:<18} {drift:>8} {cols[0]} {tr} {cols[1]} "
-                     f"{seconds.get(source, 0.0):6.1f}")
-    lines.append("(defocus as stored for the Appion viewer: defocus1 ≤ defocus2; drift from the trajectory rows; "
-                 "time = motion + CTF compute)")
-    return "\n".join(lines)
-
-
-def _read_truth(session, filename: str):
-    """(defocus1_A, defocus2_A) from a simulated movie's `<stem>.truth.json`, when there is one."""
-    path = Path(session.frame_path or "") / f"{filename}.truth.json"
-    try:
-        truth = json.loads(path.read_text())
-        return float(truth["defocus1_A"]), float(truth["defocus2_A"])
-    except (OSError, ValueError, KeyError):
-        return None

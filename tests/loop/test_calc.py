@@ -5,27 +5,27 @@ import math
 
 import pytest
 
-from appion.base import cluster, loop
+from appion.base import cluster, loopcalc, looptasks
 
 
 def test_task_key_is_deterministic_and_distinguishes_work():
-    a = loop.calc_task_key("motion", 12, "abc", 1)
-    assert a == loop.calc_task_key("motion", 12, "abc", 1)
-    assert len({a, loop.calc_task_key("ctf", 12, "abc", 1), loop.calc_task_key("motion", 13, "abc", 1),
-                loop.calc_task_key("motion", 12, "abd", 1), loop.calc_task_key("motion", 12, "abc", 2)}) == 5
+    a = loopcalc.calc_task_key("motion", 12, "abc", 1)
+    assert a == loopcalc.calc_task_key("motion", 12, "abc", 1)
+    assert len({a, loopcalc.calc_task_key("ctf", 12, "abc", 1), loopcalc.calc_task_key("motion", 13, "abc", 1),
+                loopcalc.calc_task_key("motion", 12, "abd", 1), loopcalc.calc_task_key("motion", 12, "abc", 2)}) == 5
 
 
 def test_params_hash_ignores_key_order_and_threads():
-    assert loop.calc_params_hash({"a": 1, "b": 2}) == loop.calc_params_hash({"b": 2, "a": 1})
-    m1 = loop.MotionSettings(threads=1).hashed()
-    m2 = loop.MotionSettings(threads=8, noop_seconds=3).hashed()
-    assert loop.calc_params_hash(m1) == loop.calc_params_hash(m2)
-    assert loop.calc_params_hash(m1) != loop.calc_params_hash(loop.MotionSettings(bin=2).hashed())
+    assert loopcalc.calc_params_hash({"a": 1, "b": 2}) == loopcalc.calc_params_hash({"b": 2, "a": 1})
+    m1 = looptasks.MotionSettings(threads=1).hashed()
+    m2 = looptasks.MotionSettings(threads=8, noop_seconds=3).hashed()
+    assert loopcalc.calc_params_hash(m1) == loopcalc.calc_params_hash(m2)
+    assert loopcalc.calc_params_hash(m1) != loopcalc.calc_params_hash(looptasks.MotionSettings(bin=2).hashed())
 
 
 def test_backoff_doubles_and_is_capped():
-    assert [loop.calc_backoff_s(5, n) for n in (1, 2, 3)] == [5, 10, 20]
-    assert loop.calc_backoff_s(5, 30) == 600
+    assert [loopcalc.calc_backoff_s(5, n) for n in (1, 2, 3)] == [5, 10, 20]
+    assert loopcalc.calc_backoff_s(5, 30) == 600
 
 
 @pytest.mark.parametrize("tilt,angle,skip", [
@@ -33,12 +33,12 @@ def test_backoff_doubles_and_is_capped():
     ("lowtilt", 10, False), ("lowtilt", -35, True), ("minustilt", -30, False), ("minustilt", 0, True),
     ("plustilt", 30, False), ("plustilt", 0, True), ("all", 60, False)])
 def test_classic_tilt_filter(tilt, angle, skip):
-    assert loop.calc_tilt_skip(angle, tilt) is skip
+    assert loopcalc.calc_tilt_skip(angle, tilt) is skip
 
 
 def test_aligned_filenames_follow_classic_naming():
-    assert loop.calc_aligned_filenames("s_00001en", "a", True) == ("s_00001en-a", "s_00001en-a-DW")
-    assert loop.calc_aligned_filenames("s_00001en", "b", False) == ("s_00001en-b", None)
+    assert loopcalc.calc_aligned_filenames("s_00001en", "a", True) == ("s_00001en-a", "s_00001en-a-DW")
+    assert loopcalc.calc_aligned_filenames("s_00001en", "b", False) == ("s_00001en-b", None)
 
 
 def test_log_positions_round_trip_to_trajectory_and_stats():
@@ -47,12 +47,12 @@ def test_log_positions_round_trip_to_trajectory_and_stats():
             "......Add Frame #001 with xy shift: 1.00000 -0.50000\n"
             "......Add Frame #002 with xy shift: 0.00000 0.00000\n"
             "......Add Frame #003 with xy shift: -3.00000 4.00000\n")
-    pos = loop.parse_st_log_positions(text)
+    pos = loopcalc.parse_st_log_positions(text)
     assert pos == ((2.0, -1.0), (1.0, -0.5), (0.0, 0.0), (-3.0, 4.0))
-    traj = loop.calc_trajectory_fields(pos, limit=3)
+    traj = loopcalc.calc_trajectory_fields(pos, limit=3)
     assert traj["pos_x"] == [2.0, 1.0, 0.0] and traj["pos_y"] == [-1.0, -0.5, 0.0]
     assert (traj["last_x"], traj["last_y"], traj["number_of_positions"], traj["reference_index"]) == (-3.0, 4.0, 4, 2)
-    stats = loop.calc_align_stats_fields(pos, 1.5)
+    stats = loopcalc.calc_align_stats_fields(pos, 1.5)
     steps = [math.hypot(1, 0.5), math.hypot(1, 0.5), 5.0]
     assert stats["top_shift1_value"] == pytest.approx(5.0) and stats["top_shift1_index"] == 2
     assert stats["top_shift2_value"] == pytest.approx(steps[0])
@@ -61,9 +61,9 @@ def test_log_positions_round_trip_to_trajectory_and_stats():
 
 
 def test_percentile_nearest_rank():
-    assert loop.calc_percentile([], 50) is None
-    assert loop.calc_percentile([3, 1, 2, 4], 50) == 2
-    assert loop.calc_percentile(list(range(1, 101)), 95) == 95
+    assert loopcalc.calc_percentile([], 50) is None
+    assert loopcalc.calc_percentile([3, 1, 2, 4], 50) == 2
+    assert loopcalc.calc_percentile(list(range(1, 101)), 95) == 95
 
 
 def test_walltime_and_lifetime():

@@ -199,6 +199,23 @@ def test_session_page_links_the_dask_dashboard_the_loop_recorded(client, tmp_pat
         "http://node7:8787/status"
 
 
+def test_session_page_links_the_dashboard_column(client, tmp_path):
+    """The loop records its Dask dashboard in ApLoopRunData.dashboard: a URL is a link, anything else
+    (why there is none) is shown as text."""
+    from appion.base.db import models as m
+
+    s = insert_session("dashcol", 2, tmp_path / "img", tmp_path / "runs")
+    m.ApLoopRunData.objects.filter(id=s.looprun_id).update(dashboard="http://127.0.0.1:40123/status")
+    page = client.get(f"/session/{s.session_id}/").content.decode()
+    assert '<a href="http://127.0.0.1:40123/status"' in page and "not recorded" not in page
+    loop = client.get(f"/session/{s.session_id}/rows.json").json()["loop"]
+    assert loop["dashboard_url"] == loop["dashboard"] == "http://127.0.0.1:40123/status"
+    m.ApLoopRunData.objects.filter(id=s.looprun_id).update(dashboard="unavailable (install bokeh)")
+    page = client.get(f"/session/{s.session_id}/").content.decode()
+    assert "unavailable (install bokeh)" in page and '<a href="unavailable' not in page
+    assert client.get(f"/session/{s.session_id}/rows.json").json()["loop"]["dashboard_url"] == ""
+
+
 def test_served_app_refuses_writes_from_any_view(db, monkeypatch):
     """The WSGI app `appion serve` runs wraps every request: a view that tried to write gets a 500."""
     import io

@@ -32,6 +32,7 @@ class ApLoopRunData(SinedonModel):
     pid = integer()
     started = real()  # Unix seconds
     heartbeat = real()  # Unix seconds, updated while running
+    dashboard = text()  # the Dask dashboard address (URL), or why there is none
 
     class Meta(SinedonModel.Meta):
         db_table = "ApLoopRunData"

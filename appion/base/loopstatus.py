@@ -1,0 +1,138 @@
+"""`appion status` and the demo's table: what a session's loop runs did, read back from the database.
+
+Only reads; Django is imported inside the functions (the module is imported by the command line).
+"""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+from appion.base.loopcalc import LoopError, calc_epoch, calc_percentile, calc_total_drift_px
+
+
+def calc_status_report(session_name: str, runname: str | None = None, now: float | None = None) -> str:
+    """`appion status`: per loop run and step: done / running / queued / failed (with reasons), rates, backlog."""
+    from appion.base import retrieve as r
+    from appion.base.db import models as m
+    from appion.base.db.models.loop import DONE, FAILED, QUEUED, RETRY, RUNNING
+
+    now = time.time() if now is None else now
+    session = r.retrieve_session(session_name)
+    if session is None:
+        raise LoopError(f"session {session_name!r} not found")
+    runs = m.ApLoopRunData.objects.filter(session_id=session.id).order_by("id")
+    if runname:
+        runs = runs.filter(runname=runname)
+    lines = [f"session {session.name}"]
+    if not runs.exists():
+        lines.append("  no loop runs yet (start one with `appion loop --session NAME`)")
+        return "\n".join(lines)
+    hour_ago = now - 3600
+    for run in runs:
+        params = json.loads(run.params or "{}")
+        preset = params.get("preset")
+        images = m.AcquisitionImageData.objects.filter(session_id=session.id)
+        if preset:
+            images = images.filter(preset_id__in=r.retrieve_preset_ids(session.id, preset))
+        else:
+            cams = set(m.CameraEMData.objects.filter(session_id=session.id, align_frames=True)
+                       .values_list("id", flat=True))
+            images = images.exclude(camera_id__in=cams)
+        stamps = [calc_epoch(t) for t in images.values_list("timestamp", flat=True)]
+        total = len(stamps)
+        arrived_last_hour = sum(1 for t in stamps if t >= hour_ago)
+        alive = run.status == "R" and run.heartbeat and now - run.heartbeat < 60
+        state = {"R": "running" if alive else "not running (no heartbeat: killed?)", "D": "finished",
+                 "E": "ended with an error"}.get(run.status or "", run.status or "?")
+        lines.append(f"run {run.runname} ({run.steps}; {state}; host {run.hostname} pid {run.pid})")
+        rows = list(m.ApLoopExposureData.objects.filter(looprun_id=run.id)
+                    .values("image_id", "step", "status", "attempts", "last_error", "arrived", "finished"))
+        names = dict(m.AcquisitionImageData.objects.filter(id__in={x["image_id"] for x in rows})
+                     .values_list("id", "filename"))
+        steps = (run.steps or "").split(",")
+        for step in steps:
+            mine = [x for x in rows if x["step"] == step]
+            count = {k: sum(1 for x in mine if x["status"] == k) for k in (DONE, RUNNING, QUEUED, RETRY, FAILED)}
+            done_times = [x["finished"] for x in mine if x["status"] == DONE and x["finished"]]
+            out_last_hour = sum(1 for t in done_times if t >= hour_ago)
+            backlog = total - count[DONE] - count[FAILED]
+            lines.append(f"  {step:<6} done {count[DONE]:>5}  running {count[RUNNING]:>3}  queued {count[QUEUED]:>4}  "
+                         f"retrying {count[RETRY]:>3}  failed {count[FAILED]:>3}  backlog {backlog:>4}  "
+                         f"in {arrived_last_hour}/h  out {out_last_hour}/h")
+            latencies = [x["finished"] - x["arrived"] for x in mine
+                         if x["status"] == DONE and x["finished"] and x["arrived"]]
+            if latencies and step == steps[-1]:
+                lines.append(f"         latency from registration: p50 {calc_percentile(latencies, 50):.1f} s, "
+                             f"p95 {calc_percentile(latencies, 95):.1f} s")
+            for x in mine:
+                if x["status"] in (FAILED, RETRY):
+                    what = "FAILED" if x["status"] == FAILED else "retrying"
+                    lines.append(f"    {what} {names.get(x['image_id'], x['image_id'])} {step} "
+                                 f"after {x['attempts']} attempt(s): {x['last_error']}")
+    return "\n".join(lines)
+
+
+def cmd_status(args) -> int:
+    try:
+        print(calc_status_report(args.session, args.runname))
+    except LoopError as exc:
+        print(f"appion: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def calc_demo_table(session_name: str, runname: str) -> str:
+    """Per exposure, from the database rows of a run: drift, CTF fit (with the simulated truth when known), time."""
+    from appion.base import retrieve as r
+    from appion.base.db import models as m
+    from appion.base.db.fields import parse_seq
+
+    session = r.retrieve_session(session_name)
+    looprun = m.ApLoopRunData.objects.filter(session_id=session.id, runname=runname).order_by("-id").first()
+    if looprun is None:
+        return f"no run {runname!r} in session {session_name!r}"
+    pairs = dict(m.ApDDAlignImagePairData.objects.filter(ddstackrun_id=looprun.ddstackrun_id)
+                 .values_list("source_id", "result_id"))
+    trajectories = {t.image_id: t for t in m.ApDDFrameTrajectoryData.objects.filter(ddstackrun_id=looprun.ddstackrun_id)}
+    ctf_by_image = {c.image_id: c for c in m.ApCtfData.objects.filter(acerun_id=looprun.acerun_id)}
+    seconds: dict[int, float] = {}
+    for image_id, secs in m.ApLoopExposureData.objects.filter(looprun_id=looprun.id).values_list("image_id", "seconds"):
+        seconds[image_id] = seconds.get(image_id, 0.0) + (secs or 0.0)
+    names = dict(m.AcquisitionImageData.objects.filter(session_id=session.id).values_list("id", "filename"))
+    dw_ids = r.retrieve_images_by_filename(session.id, [f"{names[x]}-DW" for x in pairs.values() if x in names])
+    head = (f"{'exposure':<18} {'drift px':>8} {'defocus1 µm':>11} {'defocus2 µm':>11} {'astig °':>7} "
+            f"{'truth µm':>15} {'fit Å':>6} {'time s':>6}")
+    lines = [head, "-" * len(head)]
+    for source in sorted(pairs):
+        result = pairs[source]
+        traj = trajectories.get(result)
+        drift = "-"
+        if traj is not None:
+            xs, ys = parse_seq(traj.pos_x) or [], parse_seq(traj.pos_y) or []
+            drift = f"{calc_total_drift_px(list(zip(xs, ys))):.1f}"
+        ctf = ctf_by_image.get(dw_ids.get(f"{names.get(result)}-DW")) or ctf_by_image.get(result)
+        if ctf is not None:
+            fit = ctf.ctffind4_resolution
+            cols = (f"{ctf.defocus1 * 1e6:11.3f} {ctf.defocus2 * 1e6:11.3f} {ctf.angle_astigmatism:7.1f}",
+                    f"{fit:6.1f}" if fit < 1e4 else f"{'none':>6}")
+        else:
+            cols = (f"{'-':>11} {'-':>11} {'-':>7}", f"{'-':>6}")
+        truth = _read_truth(session, names.get(source, ""))
+        tr = f"{min(truth) / 1e4:7.3f}/{max(truth) / 1e4:7.3f}" if truth else f"{'-':>15}"
+        lines.append(f"{names.get(source, source)!s:<18} {drift:>8} {cols[0]} {tr} {cols[1]} "
+                     f"{seconds.get(source, 0.0):6.1f}")
+    lines.append("(defocus as stored for the Appion viewer: defocus1 ≤ defocus2; drift from the trajectory rows; "
+                 "time = motion + CTF compute)")
+    return "\n".join(lines)
+
+
+def _read_truth(session, filename: str):
+    """(defocus1_A, defocus2_A) from a simulated movie's `<stem>.truth.json`, when there is one."""
+    path = Path(session.frame_path or "") / f"{filename}.truth.json"
+    try:
+        truth = json.loads(path.read_text())
+        return float(truth["defocus1_A"]), float(truth["defocus2_A"])
+    except (OSError, ValueError, KeyError):
+        return None
