@@ -6,7 +6,8 @@
     distance of the global trajectory from the truth after removing the mean offset (px).
 (b) Speed/memory: a simulated K3-size movie (5760×4092, 40 frames, LZW TIFF, cached under
     benchmarks/out/), each run in its own process: appion at --threads 2, RELION at --j 2, and
-    just decoding + summing the frames (appion.base.movies, 2 threads).  Wall time and peak RSS
+    just decoding + summing the frames (appion.base.movies, 2 threads, with the same process-wide
+    memory settings as the command: numpy hugepage advice off, glibc keeping freed blocks).  Wall time and peak RSS
     (ru_maxrss of that process, from wait4).
 
 Usage: python benchmarks/motion.py [--quick] [--skip-k3] [--skip-accuracy] [--repeats N]
@@ -99,6 +100,9 @@ def run_measured(cmd: list[str], cwd: Path | None = None, env: dict | None = Non
 DECODE_AND_SUM = """
 import sys, numpy as np
 from appion.base.movies import iter_frame_chunks
+from appion.motioncorrection.cli import set_malloc_keeps_freed_memory, set_numpy_hugepage_advice
+set_numpy_hugepage_advice(False)  # the same process settings as `appion motion align` (a fair floor)
+set_malloc_keeps_freed_memory()
 total = None
 for _, chunk in iter_frame_chunks(sys.argv[1], chunk_frames=4, threads=int(sys.argv[2])):
     s = chunk.sum(axis=0)

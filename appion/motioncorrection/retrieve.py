@@ -1,13 +1,17 @@
-"""Reading what a motion-correction run needs: the movie (one float32 copy), gain and defects.
+"""Reading what a motion-correction run needs: the movie (one copy), gain and defects.
 
-Decoding itself is appion.base.movies; this module only decides what to read and checks it.
+Decoding is appion.base.movies (float32, corrected), except iter_raw_tiff_frames: integer TIFF
+pages as stored, one page per thread, for the global-shift fast path of `appion motion align`.
 """
 from __future__ import annotations
 
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
+import tifffile
 
 from appion.base import movies
 
@@ -45,6 +49,49 @@ def iter_corrected_chunks(movie_path, first_frame: int, last_frame: int, eer_gro
     """
     yield from movies.iter_frame_chunks(movie_path, first_frame, last_frame, max(2, 2 * threads), eer_grouping,
                                         eer_sampling, threads, gain=gain, defects_mask=defects_mask)
+
+
+def is_raw_tiff_movie(header: movies.MovieHeader) -> bool:
+    """True for a TIFF movie of 8/16-bit integer counts: iter_raw_tiff_frames can keep it as stored."""
+    dtype = np.dtype(header.dtype)
+    return header.format == "tiff" and dtype.kind in "ui" and dtype.itemsize <= 2
+
+
+def iter_raw_tiff_frames(movie_path, first_frame: int, last_frame: int, threads: int,
+                         out: np.ndarray) -> Iterator[int]:
+    """Decode TIFF pages first..last (inclusive) as stored (no float copy) into out (n, y, x); yield
+    each frame's index j (page first + j) once out[j] holds it.
+
+    Why: the integer counts are 1/4 (uint8) or 1/2 (uint16) of a float32 copy, and tifffile decodes
+    fastest into the stored dtype, one page per thread (`threads` pages at once, a few ahead of the
+    consumer); gain is applied later, fused with the binning and the FFT padding.  The header
+    (read_header) has already validated the structure (truncation, equal pages).
+    """
+    path = Path(movie_path)
+    try:
+        tif = tifffile.TiffFile(path)
+    except (OSError, ValueError) as exc:
+        raise movies.MovieError(f"{path}: not a readable TIFF: {exc}") from exc
+    n = last_frame - first_frame + 1
+    workers = max(1, int(threads))
+
+    def decode(j: int) -> int:
+        try:
+            pages[j].asarray(out=out[j], maxworkers=1)
+        except (ValueError, RuntimeError, OSError, IndexError) as exc:
+            raise movies.MovieError(f"{path}: cannot decode frame {first_frame + j}: {exc}") from exc
+        return j
+
+    # One page per thread (measured faster than one page's strips over several threads).
+    with tif, ThreadPoolExecutor(max_workers=workers, thread_name_prefix="tiff-page") as pool:
+        tif.filehandle.set_lock(True)  # pages share the file handle: serialise its seeks and reads
+        pages = [tif.pages[first_frame + j] for j in range(n)]  # parse the directories here, not in threads
+        pending = deque(pool.submit(decode, j) for j in range(min(n, workers + 1)))
+        for j in range(n):
+            pending.popleft().result()
+            if j + workers + 1 < n:
+                pending.append(pool.submit(decode, j + workers + 1))
+            yield j
 
 
 def read_header(movie_path, eer_grouping: int, eer_sampling: int) -> movies.MovieHeader:

@@ -9,8 +9,12 @@ Why it is fast: alignment runs on box-binned copies of the frames (the B-factor 
 removes the high frequencies anyway; large frames are binned to ~800 px), with CC maps
 computed only over the frequencies the filter keeps; shifts are applied once, at full size,
 as Fourier phase ramps while the frames are summed (and exposure weighted) in Fourier space.
-For global alignment the full-size FFT of each frame does not depend on the shifts, so the
-command computes it while the next frames are decoded and keeps the spectra instead of the
+For global alignment of integer TIFF movies the command keeps the frames as stored (8/16-bit,
+1/4 or 1/2 of a float32 copy) and applies the gain inside the binning and the FFT padding
+(calc_binned_raw_frame, calc_raw_frame_spectrum: the same float32 arithmetic as the corrected
+frames, so the results are identical); one frame per thread is transformed once the shifts are
+known.  For other global cases the full-size FFT of each frame does not depend on the shifts, so
+the command computes it while the next frames are decoded and keeps the spectra instead of the
 frames (the one full-size copy of the movie).
 
 Methods
@@ -101,6 +105,65 @@ def calc_binned_frames(frames, factor):
                     acc += frames[i, yy, xx]
             out[i, y, x] = acc * scale
     return out
+
+
+@njit(cache=True, parallel=True, nogil=True)
+def calc_binned_raw_frame(raw, gain, has_gain, factor):
+    """Box-binned mean of one stored frame × gain: raw (y, x) integer counts, gain (y, x) float32
+    (ignored unless has_gain; pass a (1, 1) dummy) -> (y//f, x//f) float32.
+
+    Same arithmetic, in the same order, as calc_binned_frames on the float32 corrected frame
+    (float32(raw) · gain), so both paths give identical binned frames.
+    """
+    ny, nx = raw.shape
+    by, bx = ny // factor, nx // factor
+    out = np.empty((by, bx), np.float32)
+    scale = np.float32(1.0 / (factor * factor))
+    for y in prange(by):
+        for x in range(bx):
+            acc = np.float32(0.0)
+            for yy in range(y * factor, y * factor + factor):
+                for xx in range(x * factor, x * factor + factor):
+                    v = np.float32(raw[yy, xx])
+                    if has_gain:
+                        v = v * gain[yy, xx]
+                    acc += v
+            out[y, x] = acc * scale
+    return out
+
+
+@njit(cache=True, nogil=True)
+def _pad_raw_with_mean(raw, gain, has_gain, mean, out):
+    """out[:y, :x] = float32(raw) · gain, the rest of out (py ≥ y, px ≥ x) = mean.
+
+    Serial on purpose: it runs in several Python threads at once (one frame each).
+    """
+    ny, nx = raw.shape
+    py, px = out.shape
+    for y in range(ny):
+        if has_gain:
+            for x in range(nx):
+                out[y, x] = np.float32(raw[y, x]) * gain[y, x]
+        else:
+            for x in range(nx):
+                out[y, x] = np.float32(raw[y, x])
+        for x in range(nx, px):
+            out[y, x] = mean
+    for y in range(ny, py):
+        for x in range(px):
+            out[y, x] = mean
+
+
+def calc_raw_frame_spectrum(raw: np.ndarray, gain: np.ndarray, has_gain: bool, frame_mean: float,
+                            padded_yx: tuple[int, int]) -> np.ndarray:
+    """calc_frame_spectrum of a stored frame: raw (y, x) integer counts × gain (y, x) float32, padded
+    with frame_mean to padded_yx -> (1, py, px//2+1) complex64.
+
+    One thread per frame (no numba pool, one scipy worker), so several frames transform at once.
+    """
+    buffer = np.empty((1,) + tuple(padded_yx), np.float32)
+    _pad_raw_with_mean(raw, gain, has_gain, np.float32(frame_mean), buffer[0])
+    return scipy.fft.rfft2(buffer, axes=(-2, -1), workers=1, overwrite_x=True).astype(np.complex64, copy=False)
 
 
 def calc_spectra(frames: np.ndarray, workers: int = 1) -> np.ndarray:
