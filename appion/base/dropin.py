@@ -14,6 +14,11 @@ import os
 import sys
 from pathlib import Path
 
+from appion.base.cluster import ClusterSettings
+from appion.base.db import models as m
+from appion.base.loop import LoopSettings, print_summary, run_loop, user_errors
+from appion.base.looptasks import CtfSettings, MotionSettings
+
 log = logging.getLogger("appion.dropin")
 
 TILTS = ("notilt", "hightilt", "lowtilt", "minustilt", "plustilt", "all")
@@ -85,8 +90,6 @@ def _check_runname(args) -> tuple[str, str | None]:
 
 
 def _session_name(args) -> str:
-    from appion.base.db import models as m
-
     if args.session:
         return args.session
     if args.expid is not None:
@@ -98,8 +101,6 @@ def _session_name(args) -> str:
 
 
 def _image_ids(session_name: str, mrclist: str | None, extra_ids: set[int] | None) -> tuple[int, ...] | None:
-    from appion.base.db import models as m
-
     ids = extra_ids
     if mrclist:
         names = [Path(x.strip()).name.removesuffix(".mrc") for x in mrclist.split(",") if x.strip()]
@@ -112,10 +113,6 @@ def _image_ids(session_name: str, mrclist: str | None, extra_ids: set[int] | Non
 
 def build_settings(args, argv, *, steps, program, jobtype, motion=None, ctf=None, image_ids=None):
     """LoopSettings for one classic run."""
-    from appion.base.cluster import ClusterSettings
-    from appion.base.loop import LoopSettings
-    from appion.base.looptasks import CtfSettings, MotionSettings
-
     runname, rundir = _check_runname(args)
     session = _session_name(args)
     cluster = ClusterSettings(kind=args.cluster, threads_per_task=args.threads_per_task, workers=args.nproc,
@@ -132,8 +129,6 @@ def build_settings(args, argv, *, steps, program, jobtype, motion=None, ctf=None
 
 
 def _run(settings) -> int:
-    from appion.base.loop import print_summary, run_loop, user_errors
-
     try:
         summary = run_loop(settings)
     except user_errors() as exc:
@@ -191,8 +186,6 @@ def calc_makeddalign_parser() -> argparse.ArgumentParser:
 
 
 def main_makeddalign(argv: list[str] | None = None) -> int:
-    from appion.base.looptasks import MotionSettings
-
     argv = _start(argv)
     args = calc_makeddalign_parser().parse_args(argv)
     if args.framepath:
@@ -240,8 +233,6 @@ def calc_ctf_parser(prog: str, engines: tuple[str, ...], resmax: float, defstep:
 
 
 def _ctf_settings(args, engine: str, extra=()):
-    from appion.base.looptasks import CtfSettings
-
     return CtfSettings(engine=engine, amplitude_contrast=args.ampcontrast, fieldsize=args.fieldsize,
                        resmin_A=args.resmin, resmax_A=args.resmax, defstep_um=args.defstep, numstep=args.numstep,
                        dast_um=args.dast, phase_plate=args.phaseplate, min_phase_shift_deg=args.min_phase_shift,
@@ -251,8 +242,6 @@ def _ctf_settings(args, engine: str, extra=()):
 
 
 def _ddstack_images(ddstackid: int | None) -> set[int] | None:
-    from appion.base.db import models as m
-
     if ddstackid is None:
         return None
     results = set(m.ApDDAlignImagePairData.objects.filter(ddstackrun_id=ddstackid).values_list("result_id", flat=True))

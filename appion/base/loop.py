@@ -33,6 +33,14 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from distributed import wait
+
+from appion.base import retrieve as r
+from appion.base import store as st
+from appion.base.cluster import ClusterSettings, describe_dashboard, start_cluster, stop_cluster
+from appion.base.db import current_config, use_appion_database
+from appion.base.db import models as m
+from appion.base.db.models.loop import DONE, FAILED, QUEUED, RETRY, RUNNING
 from appion.base.loopcalc import (LoopError, calc_align_stats_fields, calc_backoff_s, calc_params_hash,
                                   calc_percentile, calc_task_key, calc_tilt_skip, calc_total_drift_px,
                                   calc_trajectory_fields, one_line)
@@ -41,6 +49,14 @@ from appion.base.loopstatus import calc_demo_table, cmd_status
 from appion.base.looptasks import (CTF_ENGINES, MOTION_ENGINES, CtfInput, CtfRecord, CtfSettings, ExposureInput,
                                    MotionRecord, MotionSettings, calc_ctf_input, task_ctf, task_motion,
                                    warm_up_plugin)
+from appion.base.retrieve import retrieve_images_by_filename
+from appion.base.store import RunConflict
+from appion.cli import main as appion_main
+from appion.ctfestimation import store as cstore
+from appion.ctfestimation.calc.result import CtfResult
+from appion.ctfestimation.retrieve import retrieve_ctf_done
+from appion.motioncorrection import store as mstore
+from appion.motioncorrection.retrieve import retrieve_motion_done
 
 log = logging.getLogger("appion.loop")
 
@@ -94,8 +110,6 @@ def _atomic_write_text(path: Path, text: str) -> None:
 # ====================================================================== errors
 def user_errors() -> tuple[type[Exception], ...]:
     """Errors that are a person's to fix (no such session, run name clash): printed as one line."""
-    from appion.base.store import RunConflict  # imported late: every `appion` command imports this module
-
     return (LoopError, RunConflict)
 
 
@@ -125,8 +139,6 @@ class Loop:
     """One loop run over one session.  State is real here: queues, in-flight futures, attempts."""
 
     def __init__(self, settings: LoopSettings):
-        from appion.base.cluster import ClusterSettings
-
         self.s = settings
         self.cluster_settings = settings.cluster or ClusterSettings()
         self.stop_requested = False
@@ -161,8 +173,6 @@ class Loop:
 
     # ------------------------------------------------------------------ set-up
     def _rundir(self, step: str) -> Path:
-        from appion.base.db import current_config
-
         given = self.s.motion_rundir if step == "motion" else self.s.ctf_rundir
         if given:
             return Path(given).resolve()
@@ -170,9 +180,6 @@ class Loop:
         return current_config().appion_base / self.s.session / kind / self.s.runname
 
     def setup(self) -> None:
-        from appion.base import retrieve as r
-        from appion.base.db import use_appion_database
-
         unknown = [x for x in self.s.steps if x not in STEPS]
         if unknown or not self.s.steps:
             raise LoopError(f"unknown step(s) {', '.join(unknown) or '(none)'}; choose from {', '.join(STEPS)}")
@@ -194,23 +201,16 @@ class Loop:
         return self.preset_ids[0] if self.preset_ids else None
 
     def _store_runs(self) -> None:
-        from appion.base import store as st
-        from appion.base.db import models as m
-
         cs_mm = 2.7
         tem = m.InstrumentData.objects.filter(cs__isnull=False).order_by("-id").first()
         if tem is not None:
             cs_mm = tem.cs * 1e3
         if "motion" in self.s.steps:
-            from appion.motioncorrection import store as mstore
-
             method = {"builtin": "appion", "noop": "noop"}.get(self.s.motion.engine, self.s.motion.engine)
             run = mstore.store_ddstack_run(self.session.id, self._first_preset_id(), self.s.runname,
                                            self.rundirs["motion"], self.s.motion.bin, method)
             self.ddstackrun_id = run.id
         if "ctf" in self.s.steps:
-            from appion.ctfestimation import store as cstore
-
             c = self.s.ctf
             run = cstore.store_ace_run(self.session.id, self.s.runname, self.rundirs["ctf"], cs_mm=cs_mm,
                                        amplitude_contrast=c.amplitude_contrast, fieldsize=c.fieldsize,
@@ -247,8 +247,6 @@ class Loop:
         All database work happens before any in-memory state changes, so a poll interrupted by a
         database outage is simply repeated.
         """
-        from appion.base import retrieve as r
-        from appion.base.db import models as m
 
         if self.s.preset:
             self.preset_ids = r.retrieve_preset_ids(self.session.id, self.s.preset)
@@ -293,14 +291,10 @@ class Loop:
         return self.s.image_ids is None or image_id in self.s.image_ids
 
     def _store_new_rows(self, items):
-        from appion.base import store as st
-
         return st.store_loop_exposures(self.looprun_id, items)
 
     def _steps_to_do(self, ids: list[int], inputs: dict[int, ExposureInput]) -> dict[int, list[str]]:
         """Per exposure, the steps still to do in order (none when done or permanently failed)."""
-        from appion.base.db import models as m
-        from appion.base.db.models.loop import FAILED
 
         existing = {}
         if self.looprun_id is not None:
@@ -315,14 +309,10 @@ class Loop:
         ctf_done: set[int] = set()
         use_db = self.s.commit and self.s.continue_run
         if "motion" in self.s.steps and use_db and self.ddstackrun_id:
-            from appion.motioncorrection.retrieve import retrieve_motion_done
-
             motion_done = retrieve_motion_done(self.ddstackrun_id, ids)
             if motion_done and "ctf" in self.s.steps:
                 self._restore_ctf_inputs(motion_done, inputs)
         if "ctf" in self.s.steps and use_db and self.acerun_id:
-            from appion.ctfestimation.retrieve import retrieve_ctf_done
-
             if "motion" in self.s.steps:
                 targets = {self.ctf_inputs[i].image_id: i for i in motion_done if i in self.ctf_inputs}
                 ctf_done = {targets[t] for t in retrieve_ctf_done(self.acerun_id, list(targets))}
@@ -346,7 +336,6 @@ class Loop:
 
     def _restore_ctf_inputs(self, motion_done: dict[int, int], inputs: dict[int, ExposureInput]) -> None:
         """CTF inputs of exposures whose motion correction an earlier run already stored."""
-        from appion.base.db import models as m
 
         results = dict(m.AcquisitionImageData.objects.filter(id__in=list(motion_done.values()))
                        .values_list("id", "filename"))
@@ -356,7 +345,6 @@ class Loop:
             if name is None:
                 continue
             wanted[source] = f"{name}-DW" if self.s.motion.doseweight else name
-        from appion.base.retrieve import retrieve_images_by_filename
 
         found = retrieve_images_by_filename(self.session.id, list(wanted.values()))
         for source, name in wanted.items():
@@ -369,8 +357,6 @@ class Loop:
         return calc_ctf_input(inp, inp.image_id, inp.filename, inp.pixel_size_A)
 
     def _enqueue(self, image_id: int, step: str) -> None:
-        from appion.base.db.models.loop import QUEUED
-
         rank = -self.s.steps.index(step)  # later steps first: finish exposures already started
         order = -image_id if self.s.order == "newest" else image_id
         self.seq += 1
@@ -382,8 +368,6 @@ class Loop:
         return self.s.max_in_flight or max(2, 2 * self.task_slots)
 
     def submit_ready(self) -> int:
-        from appion.base.db.models.loop import RUNNING
-
         now = time.time()
         while self.retry_heap and self.retry_heap[0][0] <= now:
             _, _, image_id, step = heapq.heappop(self.retry_heap)
@@ -402,8 +386,6 @@ class Loop:
             if row is not None:
                 submitted.append(row)
         if submitted and self.s.commit:
-            from appion.base import store as st
-
             self.db(st.store_loop_exposures_status, submitted, RUNNING, submitted=now, what="marking submissions")
         return len(submitted)
 
@@ -420,7 +402,6 @@ class Loop:
     # ------------------------------------------------------------------ collecting
     def collect(self, timeout_s: float) -> int:
         """Wait up to timeout_s for tasks to finish; store each result (one writer).  Returns how many finished."""
-        from distributed import wait
 
         if not self.inflight:
             time.sleep(timeout_s)
@@ -465,9 +446,6 @@ class Loop:
             return None
 
         def mark():
-            from appion.base import store as st
-            from appion.base.db.models.loop import DONE
-
             st.store_loop_exposure_fields(row, status=DONE, finished=now, seconds=seconds, worker=worker)
         return mark
 
@@ -476,8 +454,6 @@ class Loop:
         now = time.time()
         result_id = dw_id = None
         if self.s.commit:
-            from appion.motioncorrection import store as mstore
-
             result_id, dw_id = self.db(mstore.store_aligned_images, work.image_id, record.sum_filename,
                                        record.dw_filename, record.out_shape_yx, record.bin, self.s.motion.alignlabel,
                                        self.row_cache, what="registering aligned images")
@@ -497,9 +473,6 @@ class Loop:
         inp = self.inputs[work.image_id]
         now = time.time()
         if self.s.commit:
-            from appion.ctfestimation import store as cstore
-            from appion.ctfestimation.calc.result import CtfResult
-
             image_id = record.image_id or self.ctf_inputs[work.image_id].image_id
             result = CtfResult(defocus1_A=record.defocus1_A, defocus2_A=record.defocus2_A,
                                astig_angle_deg=record.astig_angle_deg, phase_shift_rad=record.phase_shift_rad,
@@ -543,8 +516,6 @@ class Loop:
         return " ".join(parts)
 
     def _failed(self, work: Work, reason: str) -> None:
-        from appion.base.db.models.loop import FAILED, RETRY
-
         key = (work.image_id, work.step)
         attempts = self.attempts.get(key, 0) + 1
         self.attempts[key] = attempts
@@ -557,8 +528,6 @@ class Loop:
             heapq.heappush(self.retry_heap, (time.time() + delay, self.seq, work.image_id, work.step))
             self.status[key] = RETRY
             if row is not None and self.s.commit:
-                from appion.base import store as st
-
                 self.db(st.store_loop_exposure_fields, row, status=RETRY, attempts=attempts, last_error=reason,
                         retry_after=time.time() + delay, what="recording a failed attempt")
             return
@@ -567,8 +536,6 @@ class Loop:
         self.summary.failed[key] = reason
         later = self.s.steps[self.s.steps.index(work.step) + 1:]
         if self.s.commit:
-            from appion.base import store as st
-
             if row is not None:
                 self.db(st.store_loop_exposure_fields, row, status=FAILED, attempts=attempts, last_error=reason,
                         finished=time.time(), what="recording a permanent failure")
@@ -592,9 +559,6 @@ class Loop:
         return time.monotonic() - self.last_arrival >= self.s.idle_s
 
     def run(self) -> LoopSummary:
-        from appion.base import retrieve as r
-        from appion.base.cluster import describe_dashboard, start_cluster
-
         self.setup()
         error = None
         try:
@@ -607,8 +571,6 @@ class Loop:
             print(f"appion loop: session {self.s.session}, run {self.s.runname}, steps {'+'.join(self.s.steps)} on "
                   f"{self.cluster_settings.kind} ({self.task_slots} task slots); dashboard: {dashboard}", flush=True)
             if self.s.commit and self.looprun_id:  # the web viewer links it from the session page
-                from appion.base import store as st
-
                 self.db(st.store_loop_run_fields, self.looprun_id, dashboard=dashboard,
                         what="recording the dashboard address")
             next_poll = next_beat = 0.0
@@ -621,8 +583,6 @@ class Loop:
                                                     what="checking whether the session is done")
                     next_poll = now + self.s.poll_s
                 if self.s.commit and self.looprun_id and now >= next_beat:
-                    from appion.base import store as st
-
                     self.db(st.store_loop_run_fields, self.looprun_id, heartbeat=time.time(), what="heartbeat")
                     next_beat = now + 15.0
                 self.submit_ready()
@@ -637,9 +597,6 @@ class Loop:
         return self.summary
 
     def shutdown(self, error: BaseException | None) -> None:
-        from appion.base.cluster import stop_cluster
-        from appion.base.db.models.loop import QUEUED
-
         if self.inflight and error is None:
             deadline = time.monotonic() + (0 if self.hard_stop else self.s.grace_s)
             log.info("stopping: waiting up to %.0f s for %d tasks in flight", max(0, deadline - time.monotonic()),
@@ -656,15 +613,11 @@ class Loop:
             rows = [self.rows[(w.image_id, w.step)] for w in cancelled if (w.image_id, w.step) in self.rows]
             self.inflight.clear()
             if rows and self.s.commit:
-                from appion.base import store as st
-
                 self._safe_db(st.store_loop_exposures_status, rows, QUEUED)
         if self.client is not None:
             stop_cluster(self.cluster, self.client)
         final = "E" if error is not None and not isinstance(error, KeyboardInterrupt) else "D"
         if self.s.commit and self.looprun_id:
-            from appion.base import store as st
-
             self._safe_db(st.store_loop_run_fields, self.looprun_id, status=final, heartbeat=time.time())
             for job_id in self.job_ids:
                 self._safe_db(st.store_job_status, job_id, final)
@@ -775,8 +728,6 @@ def calc_script_params(args: argparse.Namespace, skip=("func", "command", "confi
 
 
 def settings_from_args(args: argparse.Namespace) -> LoopSettings:
-    from appion.base.cluster import ClusterSettings
-
     try:
         cols, rows = (int(x) for x in args.patches.split(","))
     except ValueError:
@@ -840,8 +791,6 @@ def add_parser(subparsers) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """`python loop.py --session NAME ...`: the same as `appion loop`."""
-    from appion.cli import main as appion_main
-
     argv = list(sys.argv[1:] if argv is None else argv)
     return appion_main(["loop", *argv])
 
@@ -849,7 +798,6 @@ def main(argv: list[str] | None = None) -> int:
 # ====================================================================== demo
 def run_demo(session_name: str) -> int:
     """`appion demo`: process the simulated session on this machine and show what the database now holds."""
-    from appion.base.cluster import ClusterSettings
 
     settings = LoopSettings(session=session_name, runname="demo", wait=False, idle_s=0.0, poll_s=0.5,
                             cluster=ClusterSettings(dashboard_address=":0"),

@@ -9,10 +9,9 @@ import argparse
 import math
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import datetime
 from pathlib import Path
-
 
 from appion.ctfestimation.calc import internal
 from appion.ctfestimation.calc.classic import CtffindHeader
@@ -22,35 +21,17 @@ ENGINE_VERSION = "appion-internal-1"
 
 
 @dataclass(frozen=True)
-class CtfOptions:
-    """Options of one estimate (Å, kV, mm, radians); num_frame_avg applies to movies only."""
+class CtfOptions(internal.CtfSearchParams):
+    """The search parameters plus what only the command needs; num_frame_avg applies to movies only."""
 
-    pixel_size_A: float
-    voltage_kV: float
-    cs_mm: float
-    amplitude_contrast: float
-    box: int = 512
-    resmin_A: float = 30.0
-    resmax_A: float = 5.0
-    dfmin_A: float = 5000.0
-    dfmax_A: float = 50000.0
-    dfstep_A: float = 100.0
-    astig_restraint_A: float | None = None
-    find_phase_shift: bool = False
-    phase_min_rad: float = 0.0
-    phase_max_rad: float = math.pi
-    phase_step_rad: float = 0.1
     num_frame_avg: int = 1
     threads: int = 1
     write_png: bool = True
 
     def to_search_params(self) -> internal.CtfSearchParams:
-        return internal.CtfSearchParams(
-            pixel_size_A=self.pixel_size_A, voltage_kV=self.voltage_kV, cs_mm=self.cs_mm,
-            amplitude_contrast=self.amplitude_contrast, box=self.box, resmin_A=self.resmin_A,
-            resmax_A=self.resmax_A, dfmin_A=self.dfmin_A, dfmax_A=self.dfmax_A, dfstep_A=self.dfstep_A,
-            astig_restraint_A=self.astig_restraint_A, find_phase_shift=self.find_phase_shift,
-            phase_min_rad=self.phase_min_rad, phase_max_rad=self.phase_max_rad, phase_step_rad=self.phase_step_rad)
+        """The pure search parameters (the command-only fields dropped)."""
+        names = [f.name for f in fields(internal.CtfSearchParams)]
+        return internal.CtfSearchParams(**{name: getattr(self, name) for name in names})
 
 
 @dataclass
