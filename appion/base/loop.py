@@ -51,7 +51,6 @@ from appion.base.looptasks import (CTF_ENGINES, MOTION_ENGINES, CtfInput, CtfRec
                                    warm_up_plugin)
 from appion.base.retrieve import retrieve_images_by_filename
 from appion.base.store import RunConflict
-from appion.cli import main as appion_main
 from appion.ctfestimation import store as cstore
 from appion.ctfestimation.calc.result import CtfResult
 from appion.ctfestimation.retrieve import retrieve_ctf_done
@@ -787,12 +786,6 @@ def add_parser(subparsers) -> None:
     status.add_argument("session")
     status.add_argument("--runname")
     status.set_defaults(func=cmd_status)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`python loop.py --session NAME ...`: the same as `appion loop`."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    return appion_main(["loop", *argv])
 
 
 # ====================================================================== demo
