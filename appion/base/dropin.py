@@ -16,7 +16,7 @@ from pathlib import Path
 
 from appion.base.cluster import ClusterSettings
 from appion.base.db import models as m
-from appion.base.loop import LoopSettings, print_summary, run_loop, user_errors
+from appion.base.loop import LoopSettings, run_and_report
 from appion.base.looptasks import CtfSettings, MotionSettings
 
 log = logging.getLogger("appion.dropin")
@@ -128,16 +128,6 @@ def build_settings(args, argv, *, steps, program, jobtype, motion=None, ctf=None
         image_ids=_image_ids(session, args.mrclist, image_ids))
 
 
-def _run(settings) -> int:
-    try:
-        summary = run_loop(settings)
-    except user_errors() as exc:
-        print(f"{settings.program}: error: {exc}", file=sys.stderr)
-        return 2
-    print_summary(summary)
-    return 0
-
-
 def _start(argv):
     logging.basicConfig(level=os.environ.get("APPION_LOG_LEVEL", "INFO"),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -204,7 +194,7 @@ def main_makeddalign(argv: list[str] | None = None) -> int:
                             gpu_ids=args.gpuids, threads=args.threads_per_task)
     settings = build_settings(args, argv, steps=("motion",), program="makeDDAlignMotionCor2_UCSF.py",
                               jobtype="makeddalignmotioncor2_ucsf", motion=motion)
-    return _run(settings)
+    return run_and_report(settings, f"{settings.program}: error")
 
 
 # ---------------------------------------------------------------- ctffind4.py / gctf.py
@@ -255,7 +245,7 @@ def main_ctffind4(argv: list[str] | None = None) -> int:
     args = calc_ctf_parser("ctffind4.py", ("builtin", "ctffind4"), resmax=15.0, defstep=0.1, dast=100.0).parse_args(argv)
     settings = build_settings(args, argv, steps=("ctf",), program="ctffind4.py", jobtype="ctfestimate",
                               ctf=_ctf_settings(args, args.engine), image_ids=_ddstack_images(args.ddstackid))
-    return _run(settings)
+    return run_and_report(settings, f"{settings.program}: error")
 
 
 def main_gctf(argv: list[str] | None = None) -> int:
@@ -280,4 +270,4 @@ def main_gctf(argv: list[str] | None = None) -> int:
                                       ("local_overlap", args.local_overlap)) if v is not None]
     settings = build_settings(args, argv, steps=("ctf",), program="gctf.py", jobtype="ctfestimate",
                               ctf=_ctf_settings(args, args.engine, extra), image_ids=_ddstack_images(args.ddstackid))
-    return _run(settings)
+    return run_and_report(settings, f"{settings.program}: error")

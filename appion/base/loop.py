@@ -41,6 +41,7 @@ from appion.base.cluster import ClusterSettings, describe_dashboard, start_clust
 from appion.base.db import current_config, use_appion_database
 from appion.base.db import models as m
 from appion.base.db.models.loop import DONE, FAILED, QUEUED, RETRY, RUNNING
+from appion.base.files import write_text_atomic
 from appion.base.loopcalc import (LoopError, calc_align_stats_fields, calc_backoff_s, calc_params_hash,
                                   calc_percentile, calc_task_key, calc_tilt_skip, calc_total_drift_px,
                                   calc_trajectory_fields, one_line)
@@ -97,13 +98,6 @@ class LoopSettings:
     start_image_id: int | None = None
     end_image_id: int | None = None
     image_ids: tuple[int, ...] | None = None  # only these (classic --mrclist)
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    """Write via a temporary name: a reader never sees half a file."""
-    tmp = path.with_name(f".{path.name}.part")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 # ====================================================================== errors
@@ -237,7 +231,7 @@ class Loop:
                            "motion": dataclasses.asdict(self.s.motion), "ctf": dataclasses.asdict(self.s.ctf),
                            "hash": self.run_hash}, indent=1, default=str)
         for d in self.rundirs.values():
-            _atomic_write_text(d / f"{self.s.runname}.loop-params.json", text)
+            write_text_atomic(d / f"{self.s.runname}.loop-params.json", text)
 
     # ------------------------------------------------------------------ polling
     def poll(self) -> int:
@@ -767,15 +761,24 @@ def print_summary(summary: LoopSummary) -> None:
         print(f"  failed: exposure {image_id} {step}: {reason}", flush=True)
 
 
-def cmd_loop(args) -> int:
+def run_and_report(settings: LoopSettings, error_prefix: str) -> int:
+    """Run one loop and print its summary (exit 0); a person's error is one line `PREFIX: message` (exit 2)."""
     try:
-        settings = settings_from_args(args)
         summary = run_loop(settings)
     except user_errors() as exc:
-        print(f"appion: {exc}", file=sys.stderr)
+        print(f"{error_prefix}: {exc}", file=sys.stderr)
         return 2
     print_summary(summary)
     return 0
+
+
+def cmd_loop(args) -> int:
+    try:
+        settings = settings_from_args(args)
+    except LoopError as exc:  # e.g. a malformed --patches
+        print(f"appion: {exc}", file=sys.stderr)
+        return 2
+    return run_and_report(settings, "appion")
 
 
 def add_parser(subparsers) -> None:

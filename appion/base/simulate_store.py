@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import replace
 from pathlib import Path
 
@@ -10,42 +9,37 @@ import mrcfile
 import numpy as np
 import tifffile
 
+from appion.base.files import write_atomic, write_text_atomic
 from appion.base.simulate import MicrographParams, MovieParams, calc_micrograph, calc_movie, calc_session_defoci_A
-
-
-def _tmp_name(path: Path) -> Path:
-    return path.with_name(f".{path.name}.part")
 
 
 def write_movie_tiff(path, frames: np.ndarray) -> None:
     """LZW-compressed TIFF, one page per frame, written atomically."""
-    path = Path(path)
-    tmp = _tmp_name(path)
-    with tifffile.TiffWriter(tmp) as tif:
-        for frame in frames:
-            tif.write(frame, compression="lzw", contiguous=False)
-    os.replace(tmp, path)
+    def write(tmp: Path) -> None:
+        with tifffile.TiffWriter(tmp) as tif:
+            for frame in frames:
+                tif.write(frame, compression="lzw", contiguous=False)
+
+    write_atomic(path, write)
 
 
 def write_mrc(path, data: np.ndarray, pixel_size_A: float) -> None:
     """MRC file (stack for 3D arrays) with the pixel size in the header, written atomically."""
-    path = Path(path)
-    tmp = _tmp_name(path)
     if data.dtype == np.float64:
         data = data.astype(np.float32)
-    with mrcfile.new(tmp, overwrite=True) as mrc:
-        mrc.set_data(data)
-        mrc.voxel_size = pixel_size_A
-    os.replace(tmp, path)
+
+    def write(tmp: Path) -> None:
+        with mrcfile.new(tmp, overwrite=True) as mrc:
+            mrc.set_data(data)
+            mrc.voxel_size = pixel_size_A
+
+    write_atomic(path, write)
 
 
 def write_truth_json(path, truth: dict) -> None:
     """The JSON-able part of a truth record (arrays such as the gain are skipped), written atomically."""
-    path = Path(path)
     clean = {k: v for k, v in truth.items() if not isinstance(v, np.ndarray)}
-    tmp = _tmp_name(path)
-    tmp.write_text(json.dumps(clean, indent=1, sort_keys=True))
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(clean, indent=1, sort_keys=True))
 
 
 def write_simulated_session(out_dir, n_movies: int, base: MovieParams, fmt: str = "tiff",

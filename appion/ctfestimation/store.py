@@ -5,35 +5,20 @@ os.replace, so a reader never sees a partial file.
 """
 from __future__ import annotations
 
-import os
-import uuid
 from pathlib import Path
 
 import numpy as np
 
+from appion.base.files import write_atomic, write_text_atomic
 from appion.ctfestimation.calc.classic import AvrotData, CtffindHeader, format_avrot, format_ctffind_results
 from appion.ctfestimation.calc.internal import CtfFit
 from appion.ctfestimation.calc.result import CtfResult
 
 
-def _write_atomic(path, write) -> Path:
-    """Call write(open binary file) on a temporary file next to path, then move it into place."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.part")
-    try:
-        with open(tmp, "xb") as fh:
-            write(fh)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
-
-
 def write_ctffind_results(path, results: list[CtfResult], header: CtffindHeader) -> Path:
     """CTFFIND 4.1 results text (comment header, 7 columns per micrograph)."""
     text = format_ctffind_results(results, header)
-    return _write_atomic(path, lambda fh: fh.write(text.encode()))
+    return write_text_atomic(path, text)
 
 
 def write_avrot(path, fit: CtfFit, header: CtffindHeader) -> Path:
@@ -42,7 +27,7 @@ def write_avrot(path, fit: CtfFit, header: CtffindHeader) -> Path:
                       rotational_average=fit.rotavg, ctf_fit=fit.ctf_fit, cross_correlation=fit.ring_score,
                       noise_2sigma=fit.ring_score_noise)
     text = format_avrot([avrot], header)
-    return _write_atomic(path, lambda fh: fh.write(text.encode()))
+    return write_text_atomic(path, text)
 
 
 def write_diagnostic_png(path, fit: CtfFit, resmax_A: float, title: str = "") -> Path:
@@ -94,7 +79,7 @@ def write_diagnostic_png(path, fit: CtfFit, resmax_A: float, title: str = "") ->
     if title:
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    return _write_atomic(path, lambda fh: fig.savefig(fh, format="png"))
+    return write_atomic(path, lambda tmp: fig.savefig(tmp, format="png"))
 
 
 # ---- database rows (classic Appion tables)

@@ -13,7 +13,6 @@ pages upside down relative to tifffile, so there the Y sign flips back (measured
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -21,31 +20,10 @@ from typing import Callable
 import mrcfile
 import numpy as np
 
+from appion.base.files import make_temp_path, write_atomic
 from appion.motioncorrection.calc.internal import calc_motion_summary, calc_poly_basis
 
 RELION_FLIPPED_FORMATS = ("tiff", "eer")
-
-
-def _temp_path(path: Path) -> Path:
-    """An empty file next to `path` with the permissions a plain open() would give (umask)."""
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(name, 0o666 & ~umask)
-    return Path(name)
-
-
-def _write_atomic(path, write: Callable[[Path], None]) -> Path:
-    path = Path(path)
-    tmp = _temp_path(path)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
 
 
 def write_outputs(writers: list[tuple[Path, Callable[[Path], None]]]) -> list[Path]:
@@ -59,7 +37,7 @@ def write_outputs(writers: list[tuple[Path, Callable[[Path], None]]]) -> list[Pa
     try:
         for final, write in writers:
             final = Path(final)
-            tmp = _temp_path(final)
+            tmp = make_temp_path(final)
             temps.append((tmp, final))
             write(tmp)
         for tmp, final in temps:
@@ -82,7 +60,7 @@ def write_sum_mrc(path, image: np.ndarray, pixel_size_A: float) -> Path:
         with mrcfile.new(tmp, overwrite=True) as mrc:
             mrc.set_data(np.asarray(image, dtype=np.float32))
             mrc.voxel_size = pixel_size_A
-    return _write_atomic(path, write)
+    return write_atomic(path, write)
 
 
 # ------------------------------------------------------------------------------------------- STAR
@@ -191,7 +169,7 @@ def write_motion_star(path, blocks: dict) -> Path:
     """
     import starfile
 
-    return _write_atomic(path, lambda tmp: starfile.write(blocks, tmp, overwrite=True, float_format="%.9g"))
+    return write_atomic(path, lambda tmp: starfile.write(blocks, tmp, overwrite=True, float_format="%.9g"))
 
 
 # ---------------------------------------------------------------------------------- classic log
@@ -215,7 +193,7 @@ def calc_appion_log_text(displacements_px: np.ndarray, first_frame: int, n_frame
 
 def write_appion_log(path, text: str) -> Path:
     """Write the classic log text."""
-    return _write_atomic(path, lambda tmp: Path(tmp).write_text(text))
+    return write_atomic(path, lambda tmp: Path(tmp).write_text(text))
 
 
 # ----------------------------------------------------------------------------------------- plot
@@ -263,7 +241,7 @@ def calc_shift_plot_png(displacements_px: np.ndarray, pixel_size_A: float, first
 
 def write_png(path, png: bytes) -> Path:
     """Write PNG bytes (from calc_shift_plot_png)."""
-    return _write_atomic(path, lambda tmp: Path(tmp).write_bytes(png))
+    return write_atomic(path, lambda tmp: Path(tmp).write_bytes(png))
 
 
 def write_shift_plot(path, displacements_px: np.ndarray, pixel_size_A: float, first_frame: int,

@@ -170,24 +170,23 @@ def read_mrc_volume(path: Path) -> np.ndarray:
         return np.array(mrc.data, dtype=np.float32)
 
 
-def retrieve_stack_file(stackid: int) -> tuple[Path, float | None]:
+def _retrieve_file(model_name: str, row_id: int, what: str) -> tuple[Path, float | None]:
+    """(path, pixel size Å) of a stack or initial-model row: ApPathData.path / name."""
     from appion.base.db import models as m
 
-    row = m.ApStackData.objects.filter(id=stackid).first()
+    row = getattr(m, model_name).objects.filter(id=row_id).first()
     if row is None:
-        raise InputError(f"stack id {stackid}: no ApStackData row")
+        raise InputError(f"{what} id {row_id}: no {model_name} row")
     path = m.ApPathData.objects.get(id=row.path_id).path
     return Path(path) / row.name, row.pixelsize
+
+
+def retrieve_stack_file(stackid: int) -> tuple[Path, float | None]:
+    return _retrieve_file("ApStackData", stackid, "stack")
 
 
 def retrieve_model_file(modelid: int) -> tuple[Path, float | None]:
-    from appion.base.db import models as m
-
-    row = m.ApInitialModelData.objects.filter(id=modelid).first()
-    if row is None:
-        raise InputError(f"model id {modelid}: no ApInitialModelData row")
-    path = m.ApPathData.objects.get(id=row.path_id).path
-    return Path(path) / row.name, row.pixelsize
+    return _retrieve_file("ApInitialModelData", modelid, "model")
 
 
 @dataclass(frozen=True)

@@ -16,21 +16,9 @@ from django.db import transaction
 from appion.base.db import models as m
 from appion.base.db.router import alias_for
 from appion.base.db.sinedon import insert
+from appion.base.files import make_temp_path, write_atomic, write_text_atomic
 from appion.base.jobstates import JobState, Transition, calc_classic_status
 from appion.refine.hosts import JobFiles, RunDirError, calc_checked_rundir
-
-
-def _tmp(path: Path) -> Path:
-    return path.with_name(f".{path.name}.part")
-
-
-def write_text_atomic(path: Path | str, text: str, mode: int | None = None) -> None:
-    path = Path(path)
-    tmp = _tmp(path)
-    tmp.write_text(text)
-    if mode is not None:
-        os.chmod(tmp, mode)
-    os.replace(tmp, path)
 
 
 def write_job_file(files: JobFiles, text: str) -> None:
@@ -193,11 +181,12 @@ def remove_run_directory(files: JobFiles, roots: tuple[str, ...]) -> bool:
 
 # ---------------------------------------------------------------- prepared refinement inputs
 def write_mrc_atomic(path: Path, data: np.ndarray, pixel_size_A: float) -> None:
-    tmp = _tmp(path)
-    with mrcfile.new(tmp, overwrite=True) as mrc:
-        mrc.set_data(np.asarray(data, dtype=np.float32))
-        mrc.voxel_size = pixel_size_A
-    os.replace(tmp, path)
+    def write(tmp: Path) -> None:
+        with mrcfile.new(tmp, overwrite=True) as mrc:
+            mrc.set_data(np.asarray(data, dtype=np.float32))
+            mrc.voxel_size = pixel_size_A
+
+    write_atomic(path, write)
 
 
 class StackWriter:
@@ -207,7 +196,7 @@ class StackWriter:
     """
 
     def __init__(self, path: Path, n: int, box: int, pixel_size_A: float):
-        self.path, self.tmp = path, _tmp(path)
+        self.path, self.tmp = path, make_temp_path(path)
         self.mrc = mrcfile.new_mmap(self.tmp, shape=(n, box, box), mrc_mode=2, overwrite=True)
         self.mrc.set_image_stack()  # (n, y, x) is n images, not a volume
         self.mrc.header.mz = 1  # one section per image, so the z "voxel" matches x and y

@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from eer_writer import calc_expected_counts, calc_random_events, write_eer  # noqa: E402
 
 from appion.base import movies as mv  # noqa: E402
-from appion.base.physics import calc_oriented_gain, calc_unoriented_gain  # noqa: E402
+from appion.base.physics import calc_unoriented_gain  # noqa: E402
 
 SHAPE = (192, 256)  # (y, x): non-square so orientation errors show
 N_FRAMES = 6

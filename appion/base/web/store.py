@@ -2,13 +2,12 @@
 from __future__ import annotations
 
 import hashlib
-import os
-import threading
 from pathlib import Path
 
 import mrcfile
 import numpy as np
 
+from appion.base.files import write_atomic
 from appion.base.web.calc import calc_thumbnail
 
 
@@ -45,13 +44,7 @@ def write_png_gray(path: Path, pixels: np.ndarray) -> Path:
     from matplotlib import image as mimage
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.part")
-    try:
-        mimage.imsave(tmp, pixels, cmap="gray", vmin=0, vmax=255, format="png")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    return write_atomic(path, lambda tmp: mimage.imsave(tmp, pixels, cmap="gray", vmin=0, vmax=255, format="png"))
 
 
 def save_thumbnail(cache_dir: Path, image_id: int, mrc_path: Path, size_px: int) -> Path:

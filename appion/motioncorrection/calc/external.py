@@ -28,6 +28,8 @@ import numpy as np
 import pandas as pd
 import starfile
 
+from appion.base.files import write_atomic, write_text_atomic
+
 LOG_TAIL_LINES = 30
 
 # ---------------------------------------------------------------------------------------------
@@ -405,12 +407,6 @@ def read_movie_frame_count(movie_path) -> int:
         raise ValueError(f"{movie_path}: cannot read the number of frames: {exc}") from exc
 
 
-def _write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.part")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def run_motioncor2(executable: str, movie_path, out_mrc_path, params: MotionCor2Params,
                    timeout_s: float, *, version: MotionCorVersion | None = None,
                    n_movie_frames: int | None = None) -> MotionCorOutput:
@@ -433,7 +429,7 @@ def run_motioncor2(executable: str, movie_path, out_mrc_path, params: MotionCor2
     if calc_uses_fmintfile(movie_path, params):
         fmint_path = calc_fmintfile_path(out)
         dose = (params.total_dose_e_per_A2 or 0.0) / n_movie_frames
-        _write_text_atomic(fmint_path, calc_fmintfile_text(n_movie_frames, params.rendered_frame_size, dose))
+        write_text_atomic(fmint_path, calc_fmintfile_text(n_movie_frames, params.rendered_frame_size, dose))
     work = calc_motioncor_work_dir(out)
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir()
@@ -537,9 +533,7 @@ def write_relion_movies_star(path, movie_paths, pixel_size_A: float, voltage_kV:
     })
     movies = pd.DataFrame({"rlnMicrographMovieName": [str(m) for m in movie_paths],
                            "rlnOpticsGroup": [1] * len(movie_paths)})
-    tmp = path.with_name(f".{path.name}.part")
-    starfile.write({"optics": optics, "movies": movies}, tmp, overwrite=True)
-    os.replace(tmp, path)
+    write_atomic(path, lambda tmp: starfile.write({"optics": optics, "movies": movies}, tmp, overwrite=True))
 
 
 def calc_relion_motioncorr_command(star_path, out_dir: str, params: RelionMotionParams, threads: int,

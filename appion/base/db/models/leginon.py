@@ -1,6 +1,4 @@
 """leginondata: what Leginon writes for every exposure (appion reads it; session import writes it)."""
-from django.db import models  # noqa: F401
-
 from appion.base.db.fields import SinedonModel, boolean, integer, mrc, real, ref, ref_id, seq, subd, text
 
 __all__ = ["UserData", "SessionData", "InstrumentData", "ScopeEMData", "CameraEMData", "PresetData",
