@@ -13,8 +13,8 @@ from appion import __version__
 from appion.base.config import CONFIG_ENV, ConfigError
 
 # Each module exposes add_parser(subparsers); a subsystem not present in this build is skipped.
-SUBSYSTEMS = ("appion.base.cli", "appion.motioncorrection.cli", "appion.ctfestimation.cli",
-              "appion.refine.cli", "appion.base.loop", "appion.base.web")
+SUBSYSTEMS = ("appion.base.session.cli", "appion.motioncorrection.cli", "appion.ctfestimation.cli",
+              "appion.refine.cli", "appion.loop.core", "appion.web")
 
 
 def _take_config(argv: list[str]) -> list[str]:

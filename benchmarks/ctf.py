@@ -24,8 +24,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from appion.base.physics import calc_defocus_at_azimuth_A  # noqa: E402
-from appion.base.simulate import MicrographParams, calc_micrograph  # noqa: E402
-from appion.base.simulate_store import write_mrc  # noqa: E402
+from appion.base.simulate.calc import MicrographParams, calc_micrograph  # noqa: E402
+from appion.base.simulate.store import write_mrc  # noqa: E402
 from appion.ctfestimation import retrieve  # noqa: E402
 from appion.ctfestimation.calc import internal  # noqa: E402
 

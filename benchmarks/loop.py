@@ -67,9 +67,10 @@ def bench_overhead(n: int, workdir: Path, mariadb: bool = False) -> dict:
     _run(["appion", "session", "import", "--name", "ov", "--frames-dir", str(workdir / "ov" / "frames"), "--apix",
           "1", "--kv", "300", "--cs", "2.7", "--dose", "6"], env)
 
-    from appion.base.cluster import ClusterSettings
+    from appion.loop.cluster import ClusterSettings
     from appion.base.db import models as m
-    from appion.base import loop, looptasks
+    from appion.loop import core as loop
+    from appion.loop import tasks as looptasks
 
     template = m.AcquisitionImageData.objects.get(filename="ov_00001en")
     fields = {f.attname: getattr(template, f.attname) for f in m.AcquisitionImageData._meta.concrete_fields

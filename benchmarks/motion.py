@@ -1,12 +1,12 @@
 """Accuracy, speed and memory of `appion motion align` against RELION's own motion correction.
 
-(a) Accuracy: simulated movies (appion.base.simulate, 2048², 32 frames, 0.8–2 e/Å² per frame,
+(a) Accuracy: simulated movies (appion.base.simulate.calc, 2048², 32 frames, 0.8–2 e/Å² per frame,
     drift 5–40 px), written as LZW TIFF, aligned by appion (default options) and by
     `relion_run_motioncorr --use_own` (defaults through appion's RELION wrapper).  Error = RMS
     distance of the global trajectory from the truth after removing the mean offset (px).
 (b) Speed/memory: a simulated K3-size movie (5760×4092, 40 frames, LZW TIFF, cached under
     benchmarks/out/), each run in its own process: appion at --threads 2, RELION at --j 2, and
-    just decoding + summing the frames (appion.base.movies, 2 threads, with the same process-wide
+    just decoding + summing the frames (appion.base.io.movies, 2 threads, with the same process-wide
     memory settings as the command: numpy hugepage advice off, glibc keeping freed blocks).  Wall time and peak RSS
     (ru_maxrss of that process, from wait4).
 
@@ -28,8 +28,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from appion.base.simulate import MovieParams, calc_movie  # noqa: E402
-from appion.base.simulate_store import write_movie_tiff, write_truth_json  # noqa: E402
+from appion.base.simulate.calc import MovieParams, calc_movie  # noqa: E402
+from appion.base.simulate.store import write_movie_tiff, write_truth_json  # noqa: E402
 from appion.motioncorrection import cli  # noqa: E402
 from appion.motioncorrection.calc import internal  # noqa: E402
 from appion.motioncorrection.calc.external import (RelionMotionParams, calc_displacement_from_relion_shifts,  # noqa: E402
@@ -99,7 +99,7 @@ def run_measured(cmd: list[str], cwd: Path | None = None, env: dict | None = Non
 
 DECODE_AND_SUM = """
 import sys, numpy as np
-from appion.base.movies import iter_frame_chunks
+from appion.base.io.movies import iter_frame_chunks
 from appion.motioncorrection.cli import set_malloc_keeps_freed_memory, set_numpy_hugepage_advice
 set_numpy_hugepage_advice(False)  # the same process settings as `appion motion align` (a fair floor)
 set_malloc_keeps_freed_memory()

@@ -1,7 +1,7 @@
 """Reading the image a CTF estimate is made from: a micrograph, or a movie's frame-group averages.
 
 A single-image MRC (nz = 1) is a micrograph; a stack MRC, a TIFF or an EER file is a movie,
-decoded through appion.base.movies, whose frames are averaged in consecutive groups of
+decoded through appion.base.io.movies, whose frames are averaged in consecutive groups of
 `num_frame_avg` (CTFFIND's --num_frame_avg): the spectra of the group averages are summed by
 the caller, so drift between groups does not blur the rings.
 """
@@ -14,7 +14,7 @@ from typing import Iterator
 import mrcfile
 import numpy as np
 
-from appion.base import movies
+from appion.base.io import movies
 
 
 @dataclass(frozen=True)

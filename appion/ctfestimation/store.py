@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from appion.base.files import write_atomic, write_text_atomic
+from appion.base.io.files import write_atomic, write_text_atomic
 from appion.ctfestimation.calc.classic import AvrotData, CtffindHeader, format_avrot, format_ctffind_results
 from appion.ctfestimation.calc.internal import CtfFit
 from appion.ctfestimation.calc.result import CtfResult
@@ -90,7 +90,7 @@ def store_ace_run(session_id: int, runname: str, rundir, *, cs_mm: float, amplit
     """ApCtfFind4ParamsData + ApAceRunData (reused when identical; a name clash with other params is an error)."""
     from appion.base.db import models as m
     from appion.base.db.sinedon import insert
-    from appion.base.store import RunConflict, store_path
+    from appion.base.session.store import RunConflict, store_path
 
     params, _ = insert(m.ApCtfFind4ParamsData, bestdb=bestdb, ampcontrast=amplitude_contrast, fieldsize=fieldsize,
                        cs=cs_mm, resmin=resmin_A, defstep=defstep_m, shift_phase=phase_plate,

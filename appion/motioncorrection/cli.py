@@ -25,7 +25,7 @@ import numba
 import numpy as np
 import scipy.fft
 
-from appion.base import movies
+from appion.base.io import movies
 from appion.motioncorrection import retrieve, store
 from appion.motioncorrection.calc import internal
 

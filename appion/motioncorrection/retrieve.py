@@ -1,6 +1,6 @@
 """Reading what a motion-correction run needs: the movie (one copy), gain and defects.
 
-Decoding is appion.base.movies (float32, corrected), except iter_raw_tiff_frames: integer TIFF
+Decoding is appion.base.io.movies (float32, corrected), except iter_raw_tiff_frames: integer TIFF
 pages as stored, one page per thread, for the global-shift fast path of `appion motion align`.
 """
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Iterator
 import numpy as np
 import tifffile
 
-from appion.base import movies
+from appion.base.io import movies
 
 
 def read_oriented_gain(gain_path, frame_shape_yx: tuple[int, int], rotate: int, flip: int) -> np.ndarray:

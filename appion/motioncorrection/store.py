@@ -20,7 +20,7 @@ from typing import Callable
 import mrcfile
 import numpy as np
 
-from appion.base.files import make_temp_path, write_atomic
+from appion.base.io.files import make_temp_path, write_atomic
 from appion.motioncorrection.calc.internal import calc_motion_summary, calc_poly_basis
 
 RELION_FLIPPED_FORMATS = ("tiff", "eer")
@@ -256,7 +256,7 @@ def store_ddstack_run(session_id: int, preset_id: int | None, runname: str, rund
     """ApDDStackParamsData + ApDDStackRunData (reused when identical; a name clash with other params is an error)."""
     from appion.base.db import models as m
     from appion.base.db.sinedon import insert
-    from appion.base.store import RunConflict, store_path
+    from appion.base.session.store import RunConflict, store_path
 
     params, _ = insert(m.ApDDStackParamsData, preset_id=preset_id, align=True, bin=int(round(bin_factor)),
                        method=method)
@@ -282,7 +282,7 @@ def store_aligned_images(source_id: int, sum_filename: str, dw_filename: str | N
     from appion.base.db import models as m
     from appion.base.db.router import alias_for
     from appion.base.db.sinedon import insert, serialised_inserts
-    from appion.base.store import calc_row_values
+    from appion.base.session.store import calc_row_values
 
     cache = {} if cache is None else cache
     src = m.AcquisitionImageData.objects.get(id=source_id)

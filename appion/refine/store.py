@@ -16,7 +16,7 @@ from django.db import transaction
 from appion.base.db import models as m
 from appion.base.db.router import alias_for
 from appion.base.db.sinedon import insert
-from appion.base.files import make_temp_path, write_atomic, write_text_atomic
+from appion.base.io.files import make_temp_path, write_atomic, write_text_atomic
 from appion.base.jobstates import JobState, Transition, calc_classic_status
 from appion.refine.hosts import JobFiles, RunDirError, calc_checked_rundir
 

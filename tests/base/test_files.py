@@ -1,4 +1,4 @@
-"""appion.base.files: the one atomic-write mechanism every writer uses."""
+"""appion.base.io.files: the one atomic-write mechanism every writer uses."""
 from __future__ import annotations
 
 import os
@@ -6,7 +6,7 @@ import stat
 
 import pytest
 
-from appion.base.files import write_atomic, write_text_atomic
+from appion.base.io.files import write_atomic, write_text_atomic
 
 
 def test_failed_write_leaves_neither_file_nor_temporary(tmp_path):

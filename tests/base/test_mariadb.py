@@ -129,8 +129,8 @@ def test_two_importers_at_once_on_mariadb(mariadb_home, tmp_path):
     import tomllib
 
     from appion.base.config import parse_database_url
-    from appion.base.simulate import MovieParams
-    from appion.base.simulate_store import write_simulated_session
+    from appion.base.simulate.calc import MovieParams
+    from appion.base.simulate.store import write_simulated_session
 
     home, env = mariadb_home
     write_simulated_session(tmp_path, 12, MovieParams(shape=(64, 64), n_frames=3), fmt="both", name="twice")

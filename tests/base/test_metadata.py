@@ -3,7 +3,7 @@ import math
 
 import pytest
 
-from appion.base.metadata import MetadataError, calc_sidecar_names, parse_epu_xml, parse_mdoc
+from appion.base.io.metadata import MetadataError, calc_sidecar_names, parse_epu_xml, parse_mdoc
 from tests.conftest import SHARED
 
 FIX = SHARED / "fixtures"

@@ -1,4 +1,4 @@
-"""Tests for appion.base.movies: MRC/TIFF/EER reading, references, defects, validation.
+"""Tests for appion.base.io.movies: MRC/TIFF/EER reading, references, defects, validation.
 
 Movies are written here with mrcfile/tifffile (small sizes); EER files with the test encoder in
 tests/base/eer_writer.py (neither tifffile nor imagecodecs can encode EER), whose electron
@@ -19,7 +19,7 @@ import tifffile
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from eer_writer import calc_expected_counts, calc_random_events, write_eer  # noqa: E402
 
-from appion.base import movies as mv  # noqa: E402
+from appion.base.io import movies as mv
 from appion.base.physics import calc_unoriented_gain  # noqa: E402
 
 SHAPE = (192, 256)  # (y, x): non-square so orientation errors show

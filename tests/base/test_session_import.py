@@ -15,8 +15,8 @@ import pytest
 import tifffile
 
 from appion.base.db import models as m
-from appion.base.simulate import MovieParams, calc_movie
-from appion.base.simulate_store import write_movie_tiff, write_mrc, write_simulated_session
+from appion.base.simulate.calc import MovieParams, calc_movie
+from appion.base.simulate.store import write_movie_tiff, write_mrc, write_simulated_session
 from appion.cli import main as appion_main
 from tests.conftest import SHARED
 
@@ -263,9 +263,9 @@ def test_two_importers_at_once_register_each_movie_once(fresh_home, tmp_path):
 
 def test_a_stop_request_ends_a_pass_between_movies(db, tmp_path):
     """SIGTERM during a long pass (watch mode) stops after the movie being registered, never inside one."""
-    from appion.base.cli import import_pass
-    from appion.base.retrieve import find_movie_files
-    from appion.base.store import ImportSettings, store_session
+    from appion.base.session.cli import import_pass
+    from appion.base.session.retrieve import find_movie_files
+    from appion.base.session.store import ImportSettings, store_session
 
     write_simulated_session(tmp_path, 3, replace(SMALL, shape=(64, 64), n_frames=3), fmt="tiff", name="stop")
     settings = ImportSettings(name="stop", frames_dir=tmp_path / "frames", image_dir=tmp_path / "raw",
@@ -282,7 +282,7 @@ def test_a_stop_request_ends_a_pass_between_movies(db, tmp_path):
 def test_settling_and_retry_rules(tmp_path):
     """The watcher's scheduling: a file is ready once unchanged for settle_s; a failed one waits for a change
     (then settles afresh) or for its retry time; files that vanish are forgotten."""
-    from appion.base.cli import _find_settled
+    from appion.base.session.cli import _find_settled
 
     movie = tmp_path / "r_00001en.frames.tif"
     movie.write_bytes(b"1234")

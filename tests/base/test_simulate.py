@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 from appion.base.physics import calc_ctf, calc_frequency_grid, calc_oriented_gain, calc_unoriented_gain
-from appion.base.simulate import (MicrographParams, MovieParams, calc_local_shifts_px, calc_micrograph, calc_movie)
-from appion.base.simulate_store import write_simulated_session
+from appion.base.simulate.calc import (MicrographParams, MovieParams, calc_local_shifts_px, calc_micrograph, calc_movie)
+from appion.base.simulate.store import write_simulated_session
 
 
 def test_thon_rings_follow_the_stated_astigmatism_angle():

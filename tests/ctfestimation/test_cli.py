@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from appion.base.physics import calc_defocus_at_azimuth_A
-from appion.base.simulate import MicrographParams, MovieParams, calc_micrograph, calc_movie
-from appion.base.simulate_store import write_movie_tiff, write_mrc
+from appion.base.simulate.calc import MicrographParams, MovieParams, calc_micrograph, calc_movie
+from appion.base.simulate.store import write_movie_tiff, write_mrc
 from appion.ctfestimation import cli
 from appion.ctfestimation.calc.classic import parse_avrot, parse_ctffind_header, parse_ctffind_results
 

@@ -17,8 +17,8 @@ import mrcfile
 import numpy as np
 import pytest
 
-from appion.base.simulate import MicrographParams, calc_micrograph
-from appion.base.simulate_store import write_mrc
+from appion.base.simulate.calc import MicrographParams, calc_micrograph
+from appion.base.simulate.store import write_mrc
 from appion.ctfestimation.calc.external import (Ctffind4Params, CtffindDialogueError, CtffindError,
                                                 CtffindTimeoutError, GctfError, GctfParams, KnownDefocus,
                                                 calc_classic_defocus_range_A, calc_ctffind4_answers,

@@ -1,6 +1,6 @@
 """appion's own CTF estimator (appion.ctfestimation.calc.internal) on simulated micrographs.
 
-Micrographs come from appion.base.simulate.calc_micrograph, whose truth follows CTFFIND's
+Micrographs come from appion.base.simulate.calc.calc_micrograph, whose truth follows CTFFIND's
 conventions (defocus1 along astig_angle_deg, CCW from x = numpy axis 1).  The images are
 2048² (a quarter of the benchmark's 4096², so ~2× noisier estimates); the acceptance bounds
 asserted per case are the issue's worst-case ones: |error of mean defocus| ≤ 10 Å, RMS error
@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from appion.base.physics import calc_chi, calc_defocus_at_azimuth_A
-from appion.base.simulate import MicrographParams, calc_micrograph
+from appion.base.simulate.calc import MicrographParams, calc_micrograph
 from appion.ctfestimation.calc import internal
 from appion.ctfestimation.calc.internal import CtfSearchParams, calc_ctf_fit
 

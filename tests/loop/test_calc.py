@@ -5,7 +5,11 @@ import math
 
 import pytest
 
-from appion.base import cluster, loopcalc, looptasks
+from appion.loop import cluster
+
+from appion.loop import calc as loopcalc
+
+from appion.loop import tasks as looptasks
 
 
 def test_task_key_is_deterministic_and_distinguishes_work():

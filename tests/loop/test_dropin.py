@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from appion.base import dropin
+from appion.loop import dropin
 from tests.loop.loophelpers import Db, copy_movies, import_session
 
 STANDINS = Path(__file__).resolve().parents[1] / "standins"

@@ -11,7 +11,7 @@ import re
 
 import dask
 
-from appion.base import cluster
+from appion.loop import cluster
 from tests.loop.loophelpers import Db, copy_movies, finish, import_session, start_loop
 
 

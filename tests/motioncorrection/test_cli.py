@@ -20,8 +20,8 @@ import scipy.fft
 import starfile
 
 from appion.base.physics import calc_exposure_weights, calc_frequency_grid
-from appion.base.simulate import MovieParams, calc_local_shifts_px, calc_movie
-from appion.base.simulate_store import write_movie_tiff, write_mrc
+from appion.base.simulate.calc import MovieParams, calc_local_shifts_px, calc_movie
+from appion.base.simulate.store import write_movie_tiff, write_mrc
 from appion.motioncorrection import cli
 from appion.motioncorrection.calc import internal as I
 

@@ -21,8 +21,8 @@ import numpy as np
 import pytest
 import starfile
 
-from appion.base.simulate import MovieParams, calc_movie
-from appion.base.simulate_store import write_movie_tiff, write_mrc
+from appion.base.simulate.calc import MovieParams, calc_movie
+from appion.base.simulate.store import write_movie_tiff, write_mrc
 from appion.motioncorrection.calc.external import (
     MotionCor2Params,
     MotionCorError,

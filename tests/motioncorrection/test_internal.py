@@ -1,6 +1,6 @@
 """appion.motioncorrection.calc.internal: alignment accuracy on simulated movies, and the numerics.
 
-Accuracy is measured against the simulator's truth (appion.base.simulate): RMS distance between
+Accuracy is measured against the simulator's truth (appion.base.simulate.calc): RMS distance between
 estimated and true trajectories after removing the mean offset.  Small movies keep this fast;
 benchmarks/motion.py runs the 2048², 32-frame cases and RELION.
 """
@@ -11,7 +11,7 @@ import pytest
 import scipy.fft
 
 from appion.base.physics import calc_exposure_weights
-from appion.base.simulate import MovieParams, calc_local_shifts_px, calc_movie
+from appion.base.simulate.calc import MovieParams, calc_local_shifts_px, calc_movie
 from appion.motioncorrection.calc import internal as I
 
 

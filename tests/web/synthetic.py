@@ -1,6 +1,6 @@
 """Insert a processed session directly (bulk rows shaped like the loop's), for viewer tests and benchmarks/web.py.
 
-Rows mirror what appion.base.loop writes: aligned sums `<movie>-a` and `<movie>-a-DW` as new images
+Rows mirror what appion.loop.core writes: aligned sums `<movie>-a` and `<movie>-a-DW` as new images
 with an align-frames camera, trajectory and stats on the aligned sum, the CTF row on the
 dose-weighted sum, pair rows, and one ApLoopExposureData per exposure and step.
 """

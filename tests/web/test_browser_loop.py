@@ -100,8 +100,8 @@ SESSION = "webloop"
 
 def test_live_page_during_a_real_loop_run(fresh_home, serve, chromium, tmp_path):
     """Watcher, loop and server run together: the page follows a real session as it is processed."""
-    from appion.base.simulate import MovieParams
-    from appion.base.simulate_store import write_simulated_session
+    from appion.base.simulate.calc import MovieParams
+    from appion.base.simulate.store import write_simulated_session
 
     home, env = fresh_home
     db_path = home / "appion.sqlite3"

@@ -6,9 +6,9 @@ import math
 import numpy as np
 import pytest
 
-from appion.base.web import calc
-from appion.base.web.retrieve import calc_dashboard, calc_loop_state
-from appion.base.web.server import calc_allowed_hosts, calc_is_read
+from appion.web import calc
+from appion.web.retrieve import calc_dashboard, calc_loop_state
+from appion.web.server import calc_allowed_hosts, calc_is_read
 
 
 def st(step, status, error=None, attempts=0):

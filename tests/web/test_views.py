@@ -20,7 +20,7 @@ from tests.web.synthetic import insert_session
 def client(db):
     from django.test import Client
 
-    from appion.base.web.server import make_wsgi_app
+    from appion.web.server import make_wsgi_app
 
     make_wsgi_app()  # sets ROOT_URLCONF / ALLOWED_HOSTS as `appion serve` does
     return Client()
@@ -176,7 +176,7 @@ def test_viewer_refuses_to_write(db):
     from django.db import connections
 
     from appion.base.db import models as m
-    from appion.base.web.server import ReadOnlyViolation, refuse_writes
+    from appion.web.server import ReadOnlyViolation, refuse_writes
 
     with connections["default"].execute_wrapper(refuse_writes):
         assert m.SessionData.objects.count() == 0
@@ -222,8 +222,8 @@ def test_served_app_refuses_writes_from_any_view(db, monkeypatch):
     from wsgiref.util import setup_testing_defaults
 
     from appion.base.db import models as m
-    from appion.base.web import retrieve
-    from appion.base.web.server import make_wsgi_app
+    from appion.web import retrieve
+    from appion.web.server import make_wsgi_app
 
     def sneaky_count():
         m.SessionData.objects.create(name="written by the viewer")

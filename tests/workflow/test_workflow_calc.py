@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from appion.base.workflowcalc import (
+from appion.workflow.calc import (
     CANCELLED,
     COMPLETED,
     FAILED,

@@ -11,7 +11,7 @@ import pytest
 from distributed import Client
 
 import appion
-from appion.base.workflow import (
+from appion.workflow.core import (
     CANCELLED,
     COMPLETED,
     FAILED,

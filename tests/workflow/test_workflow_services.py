@@ -11,7 +11,7 @@ import time
 import pytest
 from distributed import Client
 
-from appion.base.services import (
+from appion.workflow.services import (
     ServiceBusy,
     ServiceError,
     acquire_service,
@@ -19,7 +19,7 @@ from appion.base.services import (
     read_service_events,
     retract_service,
 )
-from appion.base.workflow import COMPLETED, Workflow, register_jobtype
+from appion.workflow.core import COMPLETED, Workflow, register_jobtype
 
 _BUILDS = itertools.count(1)
 

@@ -11,7 +11,7 @@ import json
 import sys
 from pathlib import Path
 
-from appion.base.workflow import Workflow
+from appion.workflow.core import Workflow
 from tests.workflow.wf_jobs import register, submit_chain
 
 

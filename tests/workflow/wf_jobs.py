@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from appion.base.workflow import register_jobtype
+from appion.workflow.core import register_jobtype
 
 CHAIN = "test-chainstep"
 

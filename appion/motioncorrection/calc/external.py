@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 import starfile
 
-from appion.base.files import write_atomic, write_text_atomic
+from appion.base.io.files import write_atomic, write_text_atomic
 
 LOG_TAIL_LINES = 30
 

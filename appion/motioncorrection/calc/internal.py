@@ -1,6 +1,6 @@
 """Appion's own frame-alignment engine: pure numerics, no I/O.
 
-Conventions (shared with appion.base.simulate): frame i shows specimen(r − d_i); a
+Conventions (shared with appion.base.simulate.calc): frame i shows specimen(r − d_i); a
 trajectory is d_i = (dx, dy) in pixels (x = numpy axis 1, y = axis 0), relative to the
 first frame used.  The aligned sum is out(r) = Σ frame_i(r + d_i): the first frame's
 position.  RELION's STAR shifts are −d (see appion.motioncorrection.store).

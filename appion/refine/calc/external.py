@@ -4,7 +4,7 @@ Each job type is registered by name in JOB_TYPES with `register_job_type`; runJo
 tracker and the workflow layer only ever call the functions below, so adding a type is one
 `register_job_type(JobType(...))` and no change anywhere else.
 
-Stable API (used by appion.base.workflow):
+Stable API (used by appion.workflow.core):
     build_job_commands(jobtype, params) -> list[list[str]]   # argument lists, one per job-file line
     build_job_files(jobtype, params) -> dict[str, str]        # extra input files (name -> text) for the run directory
     calc_next_cycle(jobtype, params, output_names) -> dict | None  # params for another cycle, or None when done

@@ -43,7 +43,7 @@ def make_wsgi_app(host: str = "127.0.0.1"):
     from appion.base.db import bootstrap
 
     bootstrap()
-    settings.ROOT_URLCONF = "appion.base.web.urls"
+    settings.ROOT_URLCONF = "appion.web.urls"
     settings.ALLOWED_HOSTS = calc_allowed_hosts(host)
     django_app = get_wsgi_application()
 

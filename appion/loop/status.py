@@ -9,12 +9,12 @@ import sys
 import time
 from pathlib import Path
 
-from appion.base.loopcalc import LoopError, calc_epoch, calc_percentile, calc_total_drift_px
+from appion.loop.calc import LoopError, calc_epoch, calc_percentile, calc_total_drift_px
 
 
 def calc_status_report(session_name: str, runname: str | None = None, now: float | None = None) -> str:
     """`appion status`: per loop run and step: done / running / queued / failed (with reasons), rates, backlog."""
-    from appion.base import retrieve as r
+    from appion.base.session import retrieve as r
     from appion.base.db import models as m
     from appion.base.db.models.loop import DONE, FAILED, QUEUED, RETRY, RUNNING
 
@@ -85,7 +85,7 @@ def cmd_status(args) -> int:
 
 def calc_demo_table(session_name: str, runname: str) -> str:
     """Per exposure, from the database rows of a run: drift, CTF fit (with the simulated truth when known), time."""
-    from appion.base import retrieve as r
+    from appion.base.session import retrieve as r
     from appion.base.db import models as m
     from appion.base.db.fields import parse_seq
 

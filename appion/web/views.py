@@ -1,7 +1,7 @@
 """HTTP views of the viewer: HTML pages, their JSON feeds, thumbnails, plots and static files.
 
 Templates are rendered by a private `django.template.Engine`, so the viewer needs no
-TEMPLATES setting; all data comes from appion.base.web.retrieve (read-only).
+TEMPLATES setting; all data comes from appion.web.retrieve (read-only).
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from urllib.parse import urlencode
 from django.http import FileResponse, Http404, HttpResponse, JsonResponse
 from django.template import Context, Engine
 
-from appion.base.web import calc, retrieve
+from appion.web import calc, retrieve
 
 HERE = Path(__file__).resolve().parent
 STATIC = {"app.js": "text/javascript", "style.css": "text/css"}
@@ -206,7 +206,7 @@ def exposure_view(request, image_id: int):
 
 def thumbnail_view(request, image_id: int):
     from appion.base.db import current_config
-    from appion.base.web.store import ThumbnailError, save_thumbnail
+    from appion.web.store import ThumbnailError, save_thumbnail
 
     size = _int(request.GET.get("size")) or THUMB_SIZES[0]
     size = min(THUMB_SIZES, key=lambda s: abs(s - size))

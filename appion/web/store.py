@@ -7,8 +7,8 @@ from pathlib import Path
 import mrcfile
 import numpy as np
 
-from appion.base.files import write_atomic
-from appion.base.web.calc import calc_thumbnail
+from appion.base.io.files import write_atomic
+from appion.web.calc import calc_thumbnail
 
 
 class ThumbnailError(Exception):

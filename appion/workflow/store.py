@@ -14,7 +14,7 @@ from pathlib import Path
 
 from appion.base.db import models as m
 from appion.base.db.sinedon import insert
-from appion.base.workflowcalc import (
+from appion.workflow.calc import (
     CANCELLED,
     RUNNING,
     WAITING,

@@ -28,8 +28,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 import appion
-from appion.base import workflowstore as store
-from appion.base.workflowcalc import (
+from appion.workflow import store as store
+from appion.workflow.calc import (
     CANCELLED,
     COMPLETED,
     FAILED,

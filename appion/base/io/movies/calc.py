@@ -1,6 +1,6 @@
 """Pure numerics for movie frames: defect masks and their repair, gain shape reasoning.
 
-No I/O here; appion.base.movies reads the files and calls these.
+No I/O here; appion.base.io.movies reads the files and calls these.
 """
 from __future__ import annotations
 

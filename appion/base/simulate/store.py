@@ -1,4 +1,4 @@
-"""Write simulated data to disk (the side-effect half of appion.base.simulate)."""
+"""Write simulated data to disk (the side-effect half of appion.base.simulate.calc)."""
 from __future__ import annotations
 
 import json
@@ -9,8 +9,8 @@ import mrcfile
 import numpy as np
 import tifffile
 
-from appion.base.files import write_atomic, write_text_atomic
-from appion.base.simulate import MicrographParams, MovieParams, calc_micrograph, calc_movie, calc_session_defoci_A
+from appion.base.io.files import write_atomic, write_text_atomic
+from appion.base.simulate.calc import MicrographParams, MovieParams, calc_micrograph, calc_movie, calc_session_defoci_A
 
 
 def write_movie_tiff(path, frames: np.ndarray) -> None:

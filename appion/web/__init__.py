@@ -6,7 +6,7 @@ import sys
 
 def cmd_serve(args) -> int:
     from appion.base.db import bootstrap, use_appion_database
-    from appion.base.web.server import serve
+    from appion.web.server import serve
 
     bootstrap()
     if args.project_id is not None:

@@ -24,7 +24,7 @@ import mrcfile
 import numpy as np
 import tifffile
 
-from appion.base.moviecalc import (
+from appion.base.io.movies.calc import (
     calc_fix_defects,
     calc_fix_defects_inplace,
     calc_gain_candidates,

@@ -9,16 +9,16 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from appion.base import movies
+from appion.base.io import movies
 from appion.base.db import current_config
 from appion.base.db import models as m
 from appion.base.db.schema import calc_schema_report, create_missing_tables
-from appion.base.metadata import ExposureMetadata
-from appion.base.retrieve import (calc_movie_filename, find_movie_files, read_exposure_metadata,
+from appion.base.io.metadata import ExposureMetadata
+from appion.base.session.retrieve import (calc_movie_filename, find_movie_files, read_exposure_metadata,
                                   retrieve_exposure_filenames)
-from appion.base.simulate import MovieParams
-from appion.base.simulate_store import write_simulated_session
-from appion.base.store import ImportSettings, store_exposure, store_session
+from appion.base.simulate.calc import MovieParams
+from appion.base.simulate.store import write_simulated_session
+from appion.base.session.store import ImportSettings, store_exposure, store_session
 
 log = logging.getLogger("appion.session")
 
@@ -257,7 +257,7 @@ def cmd_demo(args) -> int:
                              dose=1.5 * args.frames, gain=None, preset="en", frame_rotate=0, frame_flip=0,
                              watch=False, interval=1.0, settle=2.0)
     cmd_session_import(imp)
-    run_demo_processing = getattr(sys.modules.get("appion.base.loop"), "run_demo", None)
+    run_demo_processing = getattr(sys.modules.get("appion.loop.core"), "run_demo", None)
     if run_demo_processing is not None:
         return run_demo_processing(args.name)
     print_session(args.name)

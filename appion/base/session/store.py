@@ -11,9 +11,9 @@ from django.db import transaction
 from appion.base.db import models as m
 from appion.base.db.router import alias_for
 from appion.base.db.sinedon import insert, serialised_inserts
-from appion.base.metadata import ExposureMetadata
-from appion.base.movies import MovieHeader
-from appion.base.retrieve import calc_movie_filename
+from appion.base.io.metadata import ExposureMetadata
+from appion.base.io.movies import MovieHeader
+from appion.base.session.retrieve import calc_movie_filename
 
 DEFAULT_PROJECT = "appion"
 
@@ -112,7 +112,7 @@ def store_exposure(session, settings: ImportSettings, movie_path: Path, header: 
     return image, created
 
 
-# ---- processing loop: run bookkeeping (appion.base.loop)
+# ---- processing loop: run bookkeeping (appion.loop.core)
 def store_path(path) -> "m.ApPathData":
     row, _ = insert(m.ApPathData, path=str(path))
     return row

@@ -16,7 +16,7 @@ from django.db.models import Count, Max, Min, Q
 
 from appion.base.db import models as m
 from appion.base.db.fields import SeqError, parse_seq
-from appion.base.web import calc
+from appion.web import calc
 
 ALIVE_S = 60.0  # a running loop whose heartbeat is older than this is shown as silent (as `appion status`)
 

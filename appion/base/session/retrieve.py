@@ -5,9 +5,9 @@ import logging
 import os
 from pathlib import Path
 
-from appion.base import movies
+from appion.base.io import movies
 from appion.base.db import models as m
-from appion.base.metadata import ExposureMetadata, MetadataError, calc_sidecar_names, parse_epu_xml, parse_mdoc
+from appion.base.io.metadata import ExposureMetadata, MetadataError, calc_sidecar_names, parse_epu_xml, parse_mdoc
 
 MOVIE_SUFFIXES = (".tif", ".tiff", ".mrc", ".mrcs", ".eer")
 log = logging.getLogger("appion.session")
@@ -81,7 +81,7 @@ def calc_movie_filename(movie_path: Path) -> str:
     return name[: -len(".frames")] if name.endswith(".frames") else name
 
 
-# ---- processing loop: incremental exposure polling and run state (appion.base.loop)
+# ---- processing loop: incremental exposure polling and run state (appion.loop.core)
 REJECTED_VIEWER_STATUS = ("hidden", "trash")
 
 

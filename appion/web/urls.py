@@ -1,7 +1,7 @@
 """URLconf of the viewer (set as ROOT_URLCONF by `appion serve`, not in the global settings)."""
 from django.urls import path
 
-from appion.base.web import views
+from appion.web import views
 
 urlpatterns = [
     path("", views.sessions_view, name="sessions"),

@@ -10,8 +10,8 @@ import math
 import time
 from pathlib import Path
 
-from appion.base.loopcalc import calc_epoch, one_line
-from appion.base.looptasks import ExposureInput
+from appion.loop.calc import calc_epoch, one_line
+from appion.loop.tasks import ExposureInput
 
 log = logging.getLogger("appion.loop")
 
@@ -68,7 +68,7 @@ class DatabaseRetry:
 
 def retrieve_exposure_inputs(session, image_rows: list[dict]) -> dict[int, ExposureInput]:
     """ExposureInput per image id for a batch of AcquisitionImageData rows (a handful of queries per batch)."""
-    from appion.base import retrieve as r
+    from appion.base.session import retrieve as r
 
     ctx = r.retrieve_image_context(image_rows)
     frame_dir = Path(session.frame_path or "")

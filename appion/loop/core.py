@@ -35,23 +35,23 @@ from pathlib import Path
 
 from distributed import wait
 
-from appion.base import retrieve as r
-from appion.base import store as st
-from appion.base.cluster import ClusterSettings, describe_dashboard, start_cluster, stop_cluster
+from appion.base.session import retrieve as r
+from appion.base.session import store as st
+from appion.loop.cluster import ClusterSettings, describe_dashboard, start_cluster, stop_cluster
 from appion.base.db import current_config, use_appion_database
 from appion.base.db import models as m
 from appion.base.db.models.loop import DONE, FAILED, QUEUED, RETRY, RUNNING
-from appion.base.files import write_text_atomic
-from appion.base.loopcalc import (LoopError, calc_align_stats_fields, calc_backoff_s, calc_params_hash,
+from appion.base.io.files import write_text_atomic
+from appion.loop.calc import (LoopError, calc_align_stats_fields, calc_backoff_s, calc_params_hash,
                                   calc_percentile, calc_task_key, calc_tilt_skip, calc_total_drift_px,
                                   calc_trajectory_fields, one_line)
-from appion.base.loopdb import DatabaseRetry, db_errors, retrieve_exposure_inputs
-from appion.base.loopstatus import calc_demo_table, cmd_status
-from appion.base.looptasks import (CTF_ENGINES, MOTION_ENGINES, CtfInput, CtfRecord, CtfSettings, ExposureInput,
+from appion.loop.db import DatabaseRetry, db_errors, retrieve_exposure_inputs
+from appion.loop.status import calc_demo_table, cmd_status
+from appion.loop.tasks import (CTF_ENGINES, MOTION_ENGINES, CtfInput, CtfRecord, CtfSettings, ExposureInput,
                                    MotionRecord, MotionSettings, calc_ctf_input, task_ctf, task_motion,
                                    warm_up_plugin)
-from appion.base.retrieve import retrieve_images_by_filename
-from appion.base.store import RunConflict
+from appion.base.session.retrieve import retrieve_images_by_filename
+from appion.base.session.store import RunConflict
 from appion.ctfestimation import store as cstore
 from appion.ctfestimation.calc.result import CtfResult
 from appion.ctfestimation.retrieve import retrieve_ctf_done

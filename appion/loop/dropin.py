@@ -1,6 +1,6 @@
 """Classic Appion command names as drop-ins: makeDDAlignMotionCor2_UCSF.py, ctffind4.py, gctf.py.
 
-Each is one run of the loop (appion.base.loop) for one step, with classic option names and
+Each is one run of the loop (appion.loop.core) for one step, with classic option names and
 defaults (optparse style: a unique prefix of a long option is accepted, as argparse's allow_abbrev
 does).  They write what classic wrote: the run rows, per-image rows, ScriptProgramRun/ScriptParam
 rows and ApAppionJobData, and files in the classic run directory.  `--engine` picks appion's own
@@ -14,10 +14,10 @@ import os
 import sys
 from pathlib import Path
 
-from appion.base.cluster import ClusterSettings
+from appion.loop.cluster import ClusterSettings
 from appion.base.db import models as m
-from appion.base.loop import LoopSettings, run_and_report
-from appion.base.looptasks import CtfSettings, MotionSettings
+from appion.loop.core import LoopSettings, run_and_report
+from appion.loop.tasks import CtfSettings, MotionSettings
 
 log = logging.getLogger("appion.dropin")
 

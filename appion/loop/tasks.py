@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from appion.base.loopcalc import calc_aligned_filenames, parse_st_log_positions
+from appion.loop.calc import calc_aligned_filenames, parse_st_log_positions
 
 MOTION_ENGINES = ("builtin", "motioncor2", "motioncor3", "relion", "noop")
 CTF_ENGINES = ("builtin", "ctffind4", "gctf", "noop")
@@ -208,7 +208,7 @@ def task_motion(inp: ExposureInput, settings: MotionSettings, rundir: str) -> Mo
         zeros = tuple((0.0, 0.0) for _ in range(n))
         return MotionRecord(inp.image_id, sum_name, dw_name, zeros, inp.pixel_size_A * settings.bin, (0, 0),
                             settings.bin, time.perf_counter() - start, _worker_name(), log_positions=zeros)
-    from appion.base import movies
+    from appion.base.io import movies
 
     if not Path(inp.movie_path).exists():
         raise movies.MovieError(f"{inp.movie_path}: movie file does not exist")
@@ -404,7 +404,7 @@ def warm_up_worker(steps: tuple[str, ...], motion_engine: str, ctf_engine: str) 
 
     modules = []
     if "motion" in steps and motion_engine != "noop":
-        modules += ["appion.base.movies", "appion.motioncorrection.store",
+        modules += ["appion.base.io.movies", "appion.motioncorrection.store",
                     "appion.motioncorrection.cli" if motion_engine == "builtin"
                     else "appion.motioncorrection.calc.external"]
     if "ctf" in steps and ctf_engine != "noop":
