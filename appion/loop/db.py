@@ -1,7 +1,6 @@
 """The loop process's database side: waiting out outages, and reading what workers need per exposure.
 
-Only the loop process imports this (workers never touch the database); Django is imported inside
-the functions so that importing the module does not start it.
+Only the loop process imports this, after appion.base.db.bootstrap() (workers never touch the database).
 """
 from __future__ import annotations
 
@@ -10,23 +9,23 @@ import math
 import time
 from pathlib import Path
 
+from django.db import connections
+from django.db.utils import InterfaceError, OperationalError
+
+from appion.base.exposure import ExposureInput
+from appion.base.session import retrieve as r
 from appion.loop.calc import calc_epoch, one_line
-from appion.loop.tasks import ExposureInput
 
 log = logging.getLogger("appion.loop")
 
 
 def db_errors() -> tuple[type[Exception], ...]:
     """The errors that mean the database is unreachable (as opposed to bad data)."""
-    from django.db.utils import InterfaceError, OperationalError
-
     return (OperationalError, InterfaceError)
 
 
 def close_db_connections() -> None:
     """Drop every (possibly broken) connection; Django reconnects on next use."""
-    from django.db import connections
-
     for conn in connections.all(initialized_only=True):
         try:
             conn.close()
@@ -68,8 +67,6 @@ class DatabaseRetry:
 
 def retrieve_exposure_inputs(session, image_rows: list[dict]) -> dict[int, ExposureInput]:
     """ExposureInput per image id for a batch of AcquisitionImageData rows (a handful of queries per batch)."""
-    from appion.base.session import retrieve as r
-
     ctx = r.retrieve_image_context(image_rows)
     frame_dir = Path(session.frame_path or "")
     image_dir = Path(session.image_path or "")

@@ -1,6 +1,6 @@
 """Classic Appion command names as drop-ins: makeDDAlignMotionCor2_UCSF.py, ctffind4.py, gctf.py.
 
-Each is one run of the loop (appion.loop.core) for one step, with classic option names and
+Each is one run of the loop (appion.loop.core) for one registered step, with classic option names and
 defaults (optparse style: a unique prefix of a long option is accepted, as argparse's allow_abbrev
 does).  They write what classic wrote: the run rows, per-image rows, ScriptProgramRun/ScriptParam
 rows and ApAppionJobData, and files in the classic run directory.  `--engine` picks appion's own
@@ -14,10 +14,9 @@ import os
 import sys
 from pathlib import Path
 
+from appion.ctfestimation.records import CtfSettings
 from appion.loop.cluster import ClusterSettings
-from appion.base.db import models as m
-from appion.loop.core import LoopSettings, run_and_report
-from appion.loop.tasks import CtfSettings, MotionSettings
+from appion.motioncorrection.records import MotionSettings
 
 log = logging.getLogger("appion.dropin")
 
@@ -89,49 +88,45 @@ def _check_runname(args) -> tuple[str, str | None]:
     return runname, str(Path(args.rundir).resolve()) if args.rundir else None
 
 
-def _session_name(args) -> str:
-    if args.session:
-        return args.session
-    if args.expid is not None:
-        row = m.SessionData.objects.filter(id=args.expid).first()
-        if row is None:
-            raise SystemExit(f"error: no session with id {args.expid}")
-        return row.name
-    raise SystemExit("error: give -s/--session or --expid")
+def build_settings(args, argv, *, steps, program, jobtype, motion=None, ctf=None, image_ids=None, gpu_ids="0"):
+    """LoopSettings for one classic run (after bootstrap: the session and image ids are looked up)."""
+    from appion.loop.core import LoopSettings
+    from appion.loop.dropindb import retrieve_image_ids, retrieve_session_name
 
-
-def _image_ids(session_name: str, mrclist: str | None, extra_ids: set[int] | None) -> tuple[int, ...] | None:
-    ids = extra_ids
-    if mrclist:
-        names = [Path(x.strip()).name.removesuffix(".mrc") for x in mrclist.split(",") if x.strip()]
-        session = m.SessionData.objects.filter(name=session_name).order_by("-id").first()
-        found = set(m.AcquisitionImageData.objects.filter(session_id=session.id if session else -1,
-                                                          filename__in=names).values_list("id", flat=True))
-        ids = found if ids is None else ids & found
-    return tuple(sorted(ids)) if ids is not None else None
-
-
-def build_settings(args, argv, *, steps, program, jobtype, motion=None, ctf=None, image_ids=None):
-    """LoopSettings for one classic run."""
     runname, rundir = _check_runname(args)
-    session = _session_name(args)
+    session = retrieve_session_name(args)
     cluster = ClusterSettings(kind=args.cluster, threads_per_task=args.threads_per_task, workers=args.nproc,
                               queue=args.queue, maximum=args.maximum, dashboard_address=args.dashboard_address)
     return LoopSettings(
         session=session, preset=args.preset, steps=steps, runname=runname, wait=args.wait, idle_s=args.idle,
         poll_s=args.poll, retries=args.retries, order="newest" if args.reverse else "oldest", limit=args.limit,
         skip_rejected=args.norejects, tilt=args.tiltangle, commit=args.commit, continue_run=args.continue_run,
-        motion=motion or MotionSettings(), ctf=ctf or CtfSettings(), cluster=cluster,
-        motion_rundir=rundir if "motion" in steps else None, ctf_rundir=rundir if "ctf" in steps else None,
+        step_settings={k: v for k, v in (("motion", motion), ("ctf", ctf)) if v is not None and k in steps},
+        rundirs={step: rundir for step in steps if rundir}, cluster=cluster, gpu_ids=gpu_ids,
         program=program, jobtype=args.jobtype or jobtype, script_params=calc_script_params(argv, args),
         project_id=args.projectid, start_image_id=args.startimgid, end_image_id=args.endimgid,
-        image_ids=_image_ids(session, args.mrclist, image_ids))
+        image_ids=retrieve_image_ids(session, args.mrclist, image_ids))
 
 
 def _start(argv):
+    """Logging, and the database started once (a `--config FILE` anywhere selects the config first)."""
+    from appion.cli import _take_config
+
     logging.basicConfig(level=os.environ.get("APPION_LOG_LEVEL", "INFO"),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    return list(sys.argv[1:] if argv is None else argv)
+    return _take_config(list(sys.argv[1:] if argv is None else argv))
+
+
+def _run(settings) -> int:
+    from appion.loop.commands import run_and_report
+
+    return run_and_report(settings, f"{settings.program}: error")
+
+
+def _bootstrap() -> None:
+    from appion.base.db import bootstrap
+
+    bootstrap()
 
 
 # ---------------------------------------------------------------- makeDDAlignMotionCor2_UCSF.py
@@ -191,10 +186,11 @@ def main_makeddalign(argv: list[str] | None = None) -> int:
                             if (args.MaskCentcol, args.MaskCentrow) != (0.0, 0.0) else None,
                             mask_size=(args.MaskSizecols, args.MaskSizerows)
                             if (args.MaskSizecols, args.MaskSizerows) != (1.0, 1.0) else None,
-                            gpu_ids=args.gpuids, threads=args.threads_per_task)
+                            threads=args.threads_per_task)
+    _bootstrap()
     settings = build_settings(args, argv, steps=("motion",), program="makeDDAlignMotionCor2_UCSF.py",
-                              jobtype="makeddalignmotioncor2_ucsf", motion=motion)
-    return run_and_report(settings, f"{settings.program}: error")
+                              jobtype="makeddalignmotioncor2_ucsf", motion=motion, gpu_ids=args.gpuids)
+    return _run(settings)
 
 
 # ---------------------------------------------------------------- ctffind4.py / gctf.py
@@ -231,21 +227,15 @@ def _ctf_settings(args, engine: str, extra=()):
                        nominal_defocus_um=args.nominal, extra=tuple(extra), threads=args.threads_per_task)
 
 
-def _ddstack_images(ddstackid: int | None) -> set[int] | None:
-    if ddstackid is None:
-        return None
-    results = set(m.ApDDAlignImagePairData.objects.filter(ddstackrun_id=ddstackid).values_list("result_id", flat=True))
-    if not results:
-        raise SystemExit(f"error: ddstack run {ddstackid} has no aligned images")
-    return results
-
-
 def main_ctffind4(argv: list[str] | None = None) -> int:
     argv = _start(argv)
     args = calc_ctf_parser("ctffind4.py", ("builtin", "ctffind4"), resmax=15.0, defstep=0.1, dast=100.0).parse_args(argv)
+    _bootstrap()
+    from appion.loop.dropindb import retrieve_ddstack_images
+
     settings = build_settings(args, argv, steps=("ctf",), program="ctffind4.py", jobtype="ctfestimate",
-                              ctf=_ctf_settings(args, args.engine), image_ids=_ddstack_images(args.ddstackid))
-    return run_and_report(settings, f"{settings.program}: error")
+                              ctf=_ctf_settings(args, args.engine), image_ids=retrieve_ddstack_images(args.ddstackid))
+    return _run(settings)
 
 
 def main_gctf(argv: list[str] | None = None) -> int:
@@ -268,6 +258,9 @@ def main_gctf(argv: list[str] | None = None) -> int:
                  ("mdef_aveN", args.mdef_aveN)]
         extra += [(k, v) for k, v in (("local_radius_px", args.local_radius), ("local_boxsize_px", args.local_boxsize),
                                       ("local_overlap", args.local_overlap)) if v is not None]
+    _bootstrap()
+    from appion.loop.dropindb import retrieve_ddstack_images
+
     settings = build_settings(args, argv, steps=("ctf",), program="gctf.py", jobtype="ctfestimate",
-                              ctf=_ctf_settings(args, args.engine, extra), image_ids=_ddstack_images(args.ddstackid))
-    return run_and_report(settings, f"{settings.program}: error")
+                              ctf=_ctf_settings(args, args.engine, extra), image_ids=retrieve_ddstack_images(args.ddstackid))
+    return _run(settings)

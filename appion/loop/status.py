@@ -1,23 +1,48 @@
 """`appion status` and the demo's table: what a session's loop runs did, read back from the database.
 
-Only reads; Django is imported inside the functions (the module is imported by the command line).
+Only reads (loop process side, after bootstrap).  Every step's rows and columns come from the step
+registry (appion.base.steps), so a step added by a site package shows up here without a change.
 """
 from __future__ import annotations
 
 import json
-import sys
 import time
 from pathlib import Path
 
-from appion.loop.calc import LoopError, calc_epoch, calc_percentile, calc_total_drift_px
+from appion.base.db import models as m
+from appion.base.db.fields import parse_seq
+from appion.base.db.models.loop import DONE, FAILED, QUEUED, RETRY, RUNNING
+from appion.base.session import retrieve as r
+from appion.base.steps import StepError, get_step
+from appion.loop.calc import LoopError, calc_epoch, calc_percentile
+
+HEARTBEAT_S = 15.0  # the loop writes its heartbeat this often
+
+
+def retrieve_step_run_ids(looprun_id: int) -> dict[str, int | None]:
+    """step name → the step's own run row id for one loop run."""
+    return dict(m.ApLoopStepRunData.objects.filter(looprun_id=looprun_id).order_by("id")
+                .values_list("step", "run_id"))
+
+
+def calc_column_values(looprun_id: int, steps: list[str], image_ids: list[int]) -> list[tuple[str, object, dict]]:
+    """(label, column, {image id: value}) for every column of every registered step of the run."""
+    run_ids = retrieve_step_run_ids(looprun_id)
+    out = []
+    for name in steps:
+        try:
+            step = get_step(name)
+        except StepError:  # a step whose plugin is not installed here any more
+            continue
+        run_id = run_ids.get(name)
+        for column in step.columns:
+            values = column.read(run_id, image_ids) if run_id is not None and image_ids else {}
+            out.append((f"{name}: {column.label}", column, values))
+    return out
 
 
 def calc_status_report(session_name: str, runname: str | None = None, now: float | None = None) -> str:
     """`appion status`: per loop run and step: done / running / queued / failed (with reasons), rates, backlog."""
-    from appion.base.session import retrieve as r
-    from appion.base.db import models as m
-    from appion.base.db.models.loop import DONE, FAILED, QUEUED, RETRY, RUNNING
-
     now = time.time() if now is None else now
     session = r.retrieve_session(session_name)
     if session is None:
@@ -43,7 +68,7 @@ def calc_status_report(session_name: str, runname: str | None = None, now: float
         stamps = [calc_epoch(t) for t in images.values_list("timestamp", flat=True)]
         total = len(stamps)
         arrived_last_hour = sum(1 for t in stamps if t >= hour_ago)
-        alive = run.status == "R" and run.heartbeat and now - run.heartbeat < 60
+        alive = run.status == "R" and run.heartbeat and now - run.heartbeat < 4 * HEARTBEAT_S
         state = {"R": "running" if alive else "not running (no heartbeat: killed?)", "D": "finished",
                  "E": "ended with an error"}.get(run.status or "", run.status or "?")
         lines.append(f"run {run.runname} ({run.steps}; {state}; host {run.hostname} pid {run.pid})")
@@ -52,6 +77,10 @@ def calc_status_report(session_name: str, runname: str | None = None, now: float
         names = dict(m.AcquisitionImageData.objects.filter(id__in={x["image_id"] for x in rows})
                      .values_list("id", "filename"))
         steps = (run.steps or "").split(",")
+        medians = {}
+        for label, column, values in calc_column_values(run.id, steps, list({x["image_id"] for x in rows})):
+            med = calc_percentile([v for v in values.values() if isinstance(v, (int, float))], 50)
+            medians.setdefault(label.split(":")[0], []).append(f"{column.label} {column.format(med)}")
         for step in steps:
             mine = [x for x in rows if x["step"] == step]
             count = {k: sum(1 for x in mine if x["status"] == k) for k in (DONE, RUNNING, QUEUED, RETRY, FAILED)}
@@ -63,6 +92,8 @@ def calc_status_report(session_name: str, runname: str | None = None, now: float
                          f"in {arrived_last_hour}/h  out {out_last_hour}/h")
             latencies = [x["finished"] - x["arrived"] for x in mine
                          if x["status"] == DONE and x["finished"] and x["arrived"]]
+            if medians.get(step):
+                lines.append(f"         median {', '.join(medians[step])}")
             if latencies and step == steps[-1]:
                 lines.append(f"         latency from registration: p50 {calc_percentile(latencies, 50):.1f} s, "
                              f"p95 {calc_percentile(latencies, 95):.1f} s")
@@ -74,29 +105,45 @@ def calc_status_report(session_name: str, runname: str | None = None, now: float
     return "\n".join(lines)
 
 
-def cmd_status(args) -> int:
-    try:
-        print(calc_status_report(args.session, args.runname))
-    except LoopError as exc:
-        print(f"appion: {exc}", file=sys.stderr)
-        return 2
-    return 0
+def calc_exposure_table(session_name: str, runname: str | None = None) -> str:
+    """Per exposure of the newest (or named) loop run: every step's status and columns."""
+    session = r.retrieve_session(session_name)
+    if session is None:
+        raise LoopError(f"session {session_name!r} not found")
+    runs = m.ApLoopRunData.objects.filter(session_id=session.id)
+    run = (runs.filter(runname=runname) if runname else runs).order_by("-id").first()
+    if run is None:
+        return "no loop run"
+    steps = (run.steps or "").split(",")
+    rows = list(m.ApLoopExposureData.objects.filter(looprun_id=run.id).values("image_id", "step", "status"))
+    status = {(x["image_id"], x["step"]): x["status"] for x in rows}
+    image_ids = sorted({x["image_id"] for x in rows})
+    names = dict(m.AcquisitionImageData.objects.filter(id__in=image_ids).values_list("id", "filename"))
+    columns = calc_column_values(run.id, steps, image_ids)
+    head = [f"{'exposure':<24}"] + [f"{s:>8}" for s in steps] + [f"{label:>18}" for label, _, _ in columns]
+    lines = [f"run {run.runname}", " ".join(head)]
+    for image_id in image_ids:
+        cells = [f"{names.get(image_id, image_id)!s:<24}"]
+        cells += [f"{status.get((image_id, s), 'done'):>8}" for s in steps]
+        cells += [f"{column.format(values.get(image_id)):>18}" for _, column, values in columns]
+        lines.append(" ".join(cells))
+    return "\n".join(lines)
 
 
 def calc_demo_table(session_name: str, runname: str) -> str:
     """Per exposure, from the database rows of a run: drift, CTF fit (with the simulated truth when known), time."""
-    from appion.base.session import retrieve as r
-    from appion.base.db import models as m
-    from appion.base.db.fields import parse_seq
+    from appion.motioncorrection.calc.rows import calc_total_drift_px
 
     session = r.retrieve_session(session_name)
     looprun = m.ApLoopRunData.objects.filter(session_id=session.id, runname=runname).order_by("-id").first()
     if looprun is None:
         return f"no run {runname!r} in session {session_name!r}"
-    pairs = dict(m.ApDDAlignImagePairData.objects.filter(ddstackrun_id=looprun.ddstackrun_id)
+    run_ids = retrieve_step_run_ids(looprun.id)
+    ddstackrun_id, acerun_id = run_ids.get("motion"), run_ids.get("ctf")
+    pairs = dict(m.ApDDAlignImagePairData.objects.filter(ddstackrun_id=ddstackrun_id)
                  .values_list("source_id", "result_id"))
-    trajectories = {t.image_id: t for t in m.ApDDFrameTrajectoryData.objects.filter(ddstackrun_id=looprun.ddstackrun_id)}
-    ctf_by_image = {c.image_id: c for c in m.ApCtfData.objects.filter(acerun_id=looprun.acerun_id)}
+    trajectories = {t.image_id: t for t in m.ApDDFrameTrajectoryData.objects.filter(ddstackrun_id=ddstackrun_id)}
+    ctf_by_image = {c.image_id: c for c in m.ApCtfData.objects.filter(acerun_id=acerun_id)}
     seconds: dict[int, float] = {}
     for image_id, secs in m.ApLoopExposureData.objects.filter(looprun_id=looprun.id).values_list("image_id", "seconds"):
         seconds[image_id] = seconds.get(image_id, 0.0) + (secs or 0.0)

@@ -6,9 +6,9 @@ last error, so a restart neither redoes finished work nor retries a hopeless mov
 `appion status` can say what failed and why.  Times are Unix seconds (floats), so latency and
 rates need no timezone handling.
 """
-from appion.base.db.fields import SinedonModel, integer, real, ref, text
+from appion.base.db.fields import SinedonModel, boolean, integer, real, ref, text
 
-__all__ = ["ApLoopRunData", "ApLoopExposureData"]
+__all__ = ["ApLoopRunData", "ApLoopExposureData", "ApLoopStepRunData"]
 
 L = "leginondata"
 
@@ -56,3 +56,25 @@ class ApLoopExposureData(SinedonModel):
 
     class Meta(SinedonModel.Meta):
         db_table = "ApLoopExposureData"
+
+
+class ApLoopStepRunData(SinedonModel):
+    """One step of a loop run: the step's own run row (e.g. ApDDStackRunData) and the memo key it answers to.
+
+    A later loop run of the same session whose step has the same memo key (parameters, engine and
+    program versions, appion version, upstream steps' keys) reuses that step run's results instead of
+    recomputing them: its row then points at the same run_id with `reused` set.
+    """
+
+    looprun = ref("ApLoopRunData", "looprun")
+    session = ref("SessionData", "session", module=L)
+    step = text()
+    memo_key = text()
+    run_id = integer()  # DEF_id of the step's own run row (table chosen by the step)
+    rundir = text()
+    settings = text()  # JSON of the step's settings, for people
+    versions = text()  # JSON: engine program version, appion version
+    reused = boolean()  # True when the results come from an earlier loop run's step run
+
+    class Meta(SinedonModel.Meta):
+        db_table = "ApLoopStepRunData"

@@ -1,0 +1,165 @@
+"""The motion step's worker side: align one movie with the chosen engine, write its files, return a record.
+
+Runs on Dask workers: no Django here or in anything imported at the top.  The aligned sums go into the
+session's image directory, the classic log and plot into the run directory.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import time
+from pathlib import Path
+
+from appion.base.exposure import ExposureInput
+from appion.base.steps import StepInput
+from appion.base.versions import calc_executable_version
+from appion.motioncorrection.calc.rows import calc_aligned_filenames, calc_total_drift_px, parse_st_log_positions
+from appion.motioncorrection.records import MotionRecord, MotionSettings
+
+# The program each external engine runs when no --motion-exe is given (never another engine's program).
+PROGRAMS = {"motioncor2": "MotionCor2", "motioncor3": "MotionCor3", "relion": "relion_run_motioncorr"}
+
+
+def calc_engine_program(settings: MotionSettings) -> str:
+    return settings.executable or PROGRAMS[settings.engine]
+
+
+def calc_engine_version(settings: MotionSettings) -> str:
+    return calc_executable_version(calc_engine_program(settings))
+
+
+def worker_name() -> str:
+    try:
+        from distributed import get_worker
+
+        return get_worker().address
+    except (ImportError, ValueError):
+        return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def move_into(src: Path, target: Path) -> None:
+    """Move a finished output into place without a partial file ever being visible under its final name."""
+    if src.resolve() == target.resolve():
+        return
+    try:
+        os.replace(src, target)
+    except OSError:  # another filesystem: copy to a temporary name there, then rename
+        tmp = target.with_name(f".{target.name}.part")
+        shutil.copyfile(src, tmp)
+        os.replace(tmp, target)
+        src.unlink()
+
+
+def calc_dose_per_frame(inp: ExposureInput, settings: MotionSettings) -> float | None:
+    """e/Å² per frame for dose weighting (None: no dose known, or dose weighting off)."""
+    if not settings.doseweight:
+        return None
+    total = settings.total_dose_e_per_A2 or inp.dose_e_per_A2
+    if not total or not inp.n_frames:
+        return None
+    return total / inp.n_frames
+
+
+def run_motion_task(task: StepInput, settings: MotionSettings) -> MotionRecord:
+    """Align one movie (see module doc).  task.lease may hold the GPU id leased for this task."""
+    from appion.base.io import movies
+
+    start = time.perf_counter()
+    inp: ExposureInput = task.exposure
+    run = Path(task.rundir)
+    run.mkdir(parents=True, exist_ok=True)
+    image_dir = Path(inp.image_dir)
+    image_dir.mkdir(parents=True, exist_ok=True)
+    dose_per_frame = calc_dose_per_frame(inp, settings)
+    sum_name, dw_name = calc_aligned_filenames(inp.filename, settings.alignlabel, dose_per_frame is not None)
+    if not Path(inp.movie_path).exists():
+        raise movies.MovieError(f"{inp.movie_path}: movie file does not exist")
+    gpu = task.lease.get("gpu")
+    out = run_motion_engine(inp, settings, run / f"{inp.filename}.mrc", dose_per_frame, gpu)
+    shifts = tuple((float(x), float(y)) for x, y in out["shifts_px"])
+    move_into(Path(out["sum_path"]), image_dir / f"{sum_name}.mrc")
+    if dw_name:
+        move_into(Path(out["dw_path"]), image_dir / f"{dw_name}.mrc")
+    shape = read_mrc_shape(image_dir / f"{sum_name}.mrc")
+    log_text = Path(out["log_path"]).read_text()
+    return MotionRecord(inp.image_id, sum_name, dw_name, shifts, out["pixel_size_A"], shape, settings.bin,
+                        time.perf_counter() - start, worker_name(), str(out["log_path"]),
+                        str(out.get("plot_path") or ""), parse_st_log_positions(log_text))
+
+
+def read_mrc_shape(path: Path) -> tuple[int, int]:
+    import mrcfile
+
+    with mrcfile.open(path, header_only=True, permissive=True) as mrc:
+        return int(mrc.header.ny), int(mrc.header.nx)
+
+
+def run_motion_engine(inp: ExposureInput, settings: MotionSettings, out_path: Path, dose_per_frame: float | None,
+                      gpu: str | None = None) -> dict:
+    """Run the chosen engine on one movie.  Returns sum_path, dw_path, shifts_px (specimen displacement,
+    unbinned px, relative to the first frame used), pixel_size_A (output), log_path (classic log), plot_path.
+    gpu: the leased GPU id for GPU engines (None: GPU 0)."""
+    from appion.motioncorrection.outputs import calc_appion_log_text, write_appion_log
+
+    first = settings.ddstartframe
+    last = None if settings.ddnframe is None else first + settings.ddnframe - 1
+    if settings.engine == "builtin":
+        from appion.motioncorrection.cli import MotionOptions, align_movie_file
+
+        options = MotionOptions(
+            pixel_size_A=inp.pixel_size_A, gain_path=inp.gain_path, gain_rotate=inp.frame_rotate,
+            gain_flip=inp.frame_flip, patch_cols=settings.patches[0], patch_rows=settings.patches[1],
+            bin_factor=settings.bin, dose_per_frame_e_per_A2=dose_per_frame, voltage_kV=inp.voltage_kV,
+            first_frame=first, last_frame=last, eer_sampling=settings.eer_sampling,
+            eer_grouping=settings.rendered_frame_size, bfactor_global_A2=settings.bfactor_global_A2,
+            bfactor_local_A2=settings.bfactor_local_A2, threads=settings.threads, appion_log=True)
+        o = align_movie_file(inp.movie_path, out_path, options)
+        return {"sum_path": o.sum_path, "dw_path": o.dw_path, "shifts_px": o.shifts_px,
+                "pixel_size_A": o.pixel_size_A, "log_path": o.log_path, "plot_path": o.plot_path}
+    from appion.motioncorrection.calc import external as ext
+
+    if settings.engine not in PROGRAMS:
+        raise ValueError(f"unknown motion engine {settings.engine!r} (choose from builtin, {', '.join(PROGRAMS)})")
+    kind = ext.calc_movie_kind(inp.movie_path)
+    exe = calc_engine_program(settings)
+    if settings.engine in ("motioncor2", "motioncor3"):
+        if shutil.which(exe) is None and not Path(exe).is_file():
+            raise FileNotFoundError(f"{exe}: the {settings.engine} program is not on PATH (give --motion-exe)")
+        gpu_ids = (int(gpu),) if gpu is not None else (0,)
+        params = ext.MotionCor2Params(
+            pixel_size_A=inp.pixel_size_A, voltage_kV=inp.voltage_kV, start_frame=first, n_frames_sum=settings.ddnframe,
+            bin_factor=settings.bin, group_global=settings.group, frame_ref=settings.frame_ref,
+            mask_center=settings.mask_center, mask_size=settings.mask_size, n_iter=settings.iterations,
+            tolerance_px=settings.tolerance_px, patch_cols=settings.patches[0], patch_rows=settings.patches[1],
+            bfactor_global=settings.bfactor_global_A2, bfactor_local=settings.bfactor_local_A2,
+            gpu_ids=gpu_ids, dose_weight=dose_per_frame is not None,
+            total_dose_e_per_A2=(dose_per_frame or 0.0) * (inp.n_frames or 0) or None, gain_path=inp.gain_path,
+            dark_path=inp.dark_path, gain_rotate=inp.frame_rotate, gain_flip=inp.frame_flip,
+            rendered_frame_size=settings.rendered_frame_size, eer_sampling=settings.eer_sampling)
+        o = ext.run_motioncor2(exe, inp.movie_path, out_path, params, timeout_s=3600.0)
+        s = o.shifts_px - o.shifts_px[0]
+        disp = ext.calc_displacement_from_relion_shifts(s, kind)
+        sum_path, dw_path = o.aligned_mrc_path, o.dose_weighted_mrc_path
+    else:
+        params = ext.RelionMotionParams(
+            bin_factor=settings.bin, bfactor_A2=settings.bfactor_local_A2, dose_weighting=dose_per_frame is not None,
+            dose_per_frame_e_per_A2=dose_per_frame or 1.0, voltage_kV=inp.voltage_kV,
+            patch_x=max(1, settings.patches[0]), patch_y=max(1, settings.patches[1]), group_frames=settings.group,
+            first_frame_sum=first + 1, last_frame_sum=(last + 1) if last is not None else -1,
+            gain_path=inp.gain_path, gain_rot=inp.frame_rotate, gain_flip=inp.frame_flip)
+        o = ext.run_relion_motioncorr(inp.movie_path, out_path.parent, params, threads=settings.threads,
+                                      pixel_size_A=inp.pixel_size_A, executable=exe)
+        disp = ext.calc_displacement_from_relion_shifts(o.shifts_px, kind)
+        if dose_per_frame is not None:
+            sum_path, dw_path = o.non_dose_weighted_mrc_path or o.aligned_mrc_path, o.aligned_mrc_path
+        else:
+            sum_path, dw_path = o.aligned_mrc_path, None
+    log_path = out_path.with_name(out_path.stem + "_st_Log.txt")
+    write_appion_log(log_path, calc_appion_log_text(disp, first, len(disp), settings.bin, kind))
+    return {"sum_path": sum_path, "dw_path": dw_path, "shifts_px": disp, "pixel_size_A": inp.pixel_size_A * settings.bin,
+            "log_path": log_path, "plot_path": None}
+
+
+def describe_motion_record(record: MotionRecord) -> str:
+    return f"motion {record.seconds:.1f} s (drift {calc_total_drift_px(record.shifts_px):.1f} px)"
