@@ -1,4 +1,11 @@
-"""The `appion` command: one entry point, one subcommand group per subsystem."""
+"""The `appion` command: one entry point, one subcommand group per subsystem.
+
+Start-up is kept short: the parser is built from light modules only (argparse, no numpy, Django or
+Dask); each subcommand's `func` is an appion.base.entry.Command naming its implementation, which is
+imported only when that command runs.  Django is started once, here, by appion.base.db.bootstrap(),
+after parsing and before the implementation is imported, unless the command does not use the
+database (`Command(..., needs_db=False)`: simulate, motion align, ctf estimate).
+"""
 from __future__ import annotations
 
 import argparse
@@ -7,74 +14,71 @@ import logging
 import os
 import sys
 
-from django.core.exceptions import ImproperlyConfigured
-
 from appion import __version__
-from appion.base.config import CONFIG_ENV, ConfigError
+from appion.base.config import ConfigError
+from appion.base.entry import is_configuration_error, is_database_error, needs_database, one_line, take_config
 
-# Each module exposes add_parser(subparsers); a subsystem not present in this build is skipped.
-SUBSYSTEMS = ("appion.base.session.cli", "appion.motioncorrection.cli", "appion.ctfestimation.cli",
-              "appion.refine.cli", "appion.loop.core", "appion.web")
+# Each module exposes add_parser(subparsers) and imports nothing heavy; a module not present in this
+# build is skipped.
+SUBSYSTEMS = ("appion.base.db.cli", "appion.base.session.cli", "appion.base.simulate.cli",
+              "appion.motioncorrection.cli", "appion.ctfestimation.cli", "appion.refine.cli", "appion.loop.cli",
+              "appion.workflow.cli", "appion.web")
 
-
-def _take_config(argv: list[str]) -> list[str]:
-    """`--config FILE` may appear anywhere; it selects the config before anything touches the database."""
-    out, i = [], 0
-    while i < len(argv):
-        a = argv[i]
-        if a == "--config" and i + 1 < len(argv):
-            os.environ[CONFIG_ENV] = os.path.abspath(argv[i + 1])
-            i += 2
-            continue
-        if a.startswith("--config="):
-            os.environ[CONFIG_ENV] = os.path.abspath(a.split("=", 1)[1])
-            i += 1
-            continue
-        out.append(a)
-        i += 1
-    return out
+# Kept for callers of the former private names.
+_take_config = take_config
+_one_line = one_line
 
 
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return text or type(exc).__name__
-
-
-def main(argv: list[str] | None = None) -> int:
-    argv = _take_config(list(sys.argv[1:] if argv is None else argv))
-    logging.basicConfig(level=os.environ.get("APPION_LOG_LEVEL", "INFO"),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="appion", description="near-realtime cryo-EM pre-processing")
     parser.add_argument("--config", metavar="FILE", help="config file (default $APPION_HOME/config.toml)")
     parser.add_argument("--version", action="version", version=f"appion {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    try:
-        from django.db.utils import Error as DjangoDbError
-
-        for name in SUBSYSTEMS:
-            try:
-                module = importlib.import_module(name)
-            except ModuleNotFoundError as exc:
-                if exc.name == name:
-                    continue
-                raise
-            module.add_parser(sub)
-        args = parser.parse_args(argv)
-        return int(args.func(args) or 0)
-    except (ConfigError, ImproperlyConfigured) as exc:  # the latter e.g. when mysqlclient is not installed
-        print(f"appion: configuration error: {_one_line(exc)}", file=sys.stderr)
-        return 2
-    except DjangoDbError as exc:
-        from appion.base.db import current_config
-
+    for name in SUBSYSTEMS:
         try:
-            where = current_config().leginon.safe
-        except Exception:  # the config itself is what failed
-            where = "the database"
-        print(f"appion: database error ({where}): {_one_line(exc)}", file=sys.stderr)
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name == name:
+                continue
+            raise
+        module.add_parser(sub)
+    return parser
+
+
+def _database_error_line(exc: BaseException) -> str:
+    from appion.base.db import current_config
+
+    try:
+        where = current_config().leginon.safe
+    except Exception:  # the config itself is what failed
+        where = "the database"
+    return f"appion: database error ({where}): {one_line(exc)}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = take_config(list(sys.argv[1:] if argv is None else argv))
+    logging.basicConfig(level=os.environ.get("APPION_LOG_LEVEL", "INFO"),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        args = build_parser().parse_args(argv)
+        if needs_database(args.func):
+            from appion.base.db import bootstrap
+
+            bootstrap()
+        return int(args.func(args) or 0)
+    except ConfigError as exc:
+        print(f"appion: configuration error: {one_line(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:
+        if is_configuration_error(exc):  # e.g. the MySQL driver is not installed
+            print(f"appion: configuration error: {one_line(exc)}", file=sys.stderr)
+            return 2
+        if is_database_error(exc):
+            print(_database_error_line(exc), file=sys.stderr)
+            return 2
+        raise
 
 
 if __name__ == "__main__":

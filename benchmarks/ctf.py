@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from appion.base.physics import calc_defocus_at_azimuth_A  # noqa: E402
 from appion.base.simulate.calc import MicrographParams, calc_micrograph  # noqa: E402
 from appion.base.simulate.store import write_mrc  # noqa: E402
-from appion.ctfestimation import retrieve  # noqa: E402
+from appion.ctfestimation import inputs  # noqa: E402
 from appion.ctfestimation.calc import internal  # noqa: E402
 
 
@@ -60,7 +60,7 @@ def estimate_from_file(path: Path, params: internal.CtfSearchParams, threads: in
     """(CtfResult, seconds per step) for reading + estimating one micrograph file."""
     t0 = time.perf_counter()
     c0 = time.process_time()
-    image = retrieve.read_micrograph(path)
+    image = inputs.read_micrograph(path)
     t1 = time.perf_counter()
     internal.validate_inputs(image, params)
     power, fine_power = internal.calc_power_spectra(image, params.box, params.tile_overlap, threads)

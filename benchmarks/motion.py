@@ -30,7 +30,7 @@ sys.path.insert(0, str(REPO))
 
 from appion.base.simulate.calc import MovieParams, calc_movie  # noqa: E402
 from appion.base.simulate.store import write_movie_tiff, write_truth_json  # noqa: E402
-from appion.motioncorrection import cli  # noqa: E402
+from appion.motioncorrection import align  # noqa: E402
 from appion.motioncorrection.calc import internal  # noqa: E402
 from appion.motioncorrection.calc.external import (RelionMotionParams, calc_displacement_from_relion_shifts,  # noqa: E402
                                                    calc_relion_motioncorr_command, run_relion_motioncorr,
@@ -66,8 +66,8 @@ def run_accuracy(cases, threads: int) -> list[tuple]:
         truth = simulate_tiff(path, params)
         with tempfile.TemporaryDirectory(dir=OUT) as tmp:
             t0 = time.perf_counter()
-            outcome = cli.align_movie_file(path, Path(tmp) / "appion.mrc",
-                                           cli.MotionOptions(pixel_size_A=1.0, threads=threads))
+            outcome = align.align_movie_file(path, Path(tmp) / "appion.mrc",
+                                           align.MotionOptions(pixel_size_A=1.0, threads=threads))
             t_appion = time.perf_counter() - t0
             err_appion = internal.calc_trajectory_rms_error(outcome.shifts_px, truth["shifts_px"])
             err_relion = float("nan")
@@ -100,7 +100,7 @@ def run_measured(cmd: list[str], cwd: Path | None = None, env: dict | None = Non
 DECODE_AND_SUM = """
 import sys, numpy as np
 from appion.base.io.movies import iter_frame_chunks
-from appion.motioncorrection.cli import set_malloc_keeps_freed_memory, set_numpy_hugepage_advice
+from appion.motioncorrection.align import set_malloc_keeps_freed_memory, set_numpy_hugepage_advice
 set_numpy_hugepage_advice(False)  # the same process settings as `appion motion align` (a fair floor)
 set_malloc_keeps_freed_memory()
 total = None

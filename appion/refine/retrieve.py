@@ -11,6 +11,7 @@ import mrcfile
 import numpy as np
 
 from appion.base.config import AppionConfig, ConfigError
+from appion.base.db import models as m
 from appion.base.jobstates import JobState
 from appion.refine import hosts
 from appion.refine.hosts import JobFiles, ProcessingHost
@@ -100,8 +101,6 @@ def read_lifecycle_params(lifecycle) -> tuple[dict, dict]:
 
 def retrieve_active_lifecycles(job_id: int | None = None) -> list:
     """Lifecycle rows the tracker still has to look at (everything not EXPIRED), oldest first."""
-    from appion.base.db import models as m
-
     rows = m.ApJobLifecycleData.objects.exclude(state=JobState.EXPIRED.value)
     if job_id is not None:
         rows = rows.filter(job_id=job_id)
@@ -109,14 +108,10 @@ def retrieve_active_lifecycles(job_id: int | None = None) -> list:
 
 
 def retrieve_lifecycle(job_id: int):
-    from appion.base.db import models as m
-
     return m.ApJobLifecycleData.objects.filter(job_id=job_id).order_by("-id").first()
 
 
 def retrieve_transitions(lifecycle_id: int) -> list:
-    from appion.base.db import models as m
-
     return list(m.ApJobTransitionData.objects.filter(lifecycle_id=lifecycle_id).order_by("id"))
 
 
@@ -172,8 +167,6 @@ def read_mrc_volume(path: Path) -> np.ndarray:
 
 def _retrieve_file(model_name: str, row_id: int, what: str) -> tuple[Path, float | None]:
     """(path, pixel size Å) of a stack or initial-model row: ApPathData.path / name."""
-    from appion.base.db import models as m
-
     row = getattr(m, model_name).objects.filter(id=row_id).first()
     if row is None:
         raise InputError(f"{what} id {row_id}: no {model_name} row")
@@ -203,8 +196,6 @@ class PreparedRefinement:
 
 def retrieve_prepared_refinement(prep_id: int) -> PreparedRefinement:
     """What runJob needs from prepRefine*'s record: absolute input paths and their pixel size."""
-    from appion.base.db import models as m
-
     prep = m.ApPrepRefineData.objects.filter(id=prep_id).first()
     if prep is None:
         raise InputError(f"prepared refinement {prep_id}: no ApPrepRefineData row")

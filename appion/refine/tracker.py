@@ -13,6 +13,8 @@ import time
 from dataclasses import asdict, dataclass
 
 from appion.base import jobstates as js
+from appion.base.db import models as m
+from appion.base.db.setup import current_config
 from appion.base.jobstates import JobState
 from appion.refine import hosts, retrieve, store
 from appion.refine.calc import external
@@ -154,8 +156,6 @@ def _request_for(lifecycle) -> JobRequest:
 
 def step_lifecycle(ctx: Context, lifecycle, now: float) -> bool:
     """Advance one job as far as the evidence allows; returns True when its state changed."""
-    from appion.base.db import models as m
-
     state = JobState(lifecycle.state)
     files = JobFiles(lifecycle.rundir, lifecycle.runname)
     if state in js.SCHEDULED:
@@ -233,8 +233,6 @@ def poll_jobs_once(config=None, now: float | None = None, job_id: int | None = N
     A job is stepped repeatedly within the pass (e.g. RUNNING → POSTPROCESSING → FINALIZING →
     COMPLETED) so one poll takes it as far as the evidence allows.
     """
-    from appion.base.db import current_config
-
     config = config or current_config()
     ctx = Context(retrieve.retrieve_hosts(config), retrieve.retrieve_jobs_settings(config))
     changed = 0

@@ -1,14 +1,17 @@
-"""`appion serve`: the live web viewer of sessions and exposures (read-only Django app)."""
+"""`appion serve`: the live web viewer of sessions and exposures (read-only Django app).
+
+Importing this package stays light (it is the `serve` parser): the server and Django load when the
+command runs, after appion.cli has called appion.base.db.bootstrap().
+"""
 from __future__ import annotations
 
 import sys
 
 
 def cmd_serve(args) -> int:
-    from appion.base.db import bootstrap, use_appion_database
+    from appion.base.db import use_appion_database
     from appion.web.server import serve
 
-    bootstrap()
     if args.project_id is not None:
         # One appion database per server: the switch is process-wide, so it is made once, before serving.
         use_appion_database(args.project_id)

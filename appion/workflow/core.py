@@ -24,7 +24,7 @@ import os
 import time
 import traceback
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 import appion
@@ -45,63 +45,21 @@ from appion.workflow.calc import (
     calc_memo_key,
     canonical_json,
 )
+# re-exported: part of the public API of workflows
+from appion.workflow.jobtypes import (  # noqa: F401
+    JobType,
+    WorkflowError,
+    get_jobtype,
+    register_jobtype,
+    run_job,
+    unregister_jobtype,
+)
 
 __all__ = ["Workflow", "JobHandle", "JobType", "RunSummary", "WorkflowError", "Condition", "ConditionError",
            "register_jobtype", "get_jobtype", "unregister_jobtype",
            "WAITING", "RUNNING", "COMPLETED", "FAILED", "CANCELLED"]
 
 log = logging.getLogger(__name__)
-
-
-class WorkflowError(RuntimeError):
-    """Misuse of a workflow: unknown job type or label, bad parameters, a result read too early."""
-
-
-# ---------------------------------------------------------------- job types
-
-@dataclass(frozen=True)
-class JobType:
-    """A named job function; `version` and `programs` take part in the memo key.
-
-    programs: external program versions, e.g. {"ctffind": "4.1.14"}, or a callable returning
-    them (so a job type can ask the installed program at run time).
-    """
-
-    name: str
-    func: Callable[[dict, list[str]], object]
-    version: str = "1"
-    programs: Mapping[str, str] | Callable[[], Mapping[str, str]] | None = None
-
-    def program_versions(self) -> dict[str, str]:
-        found = self.programs() if callable(self.programs) else (self.programs or {})
-        return {str(k): str(v) for k, v in found.items()}
-
-
-_JOBTYPES: dict[str, JobType] = {}
-
-
-def register_jobtype(name: str, func: Callable[[dict, list[str]], object], version: str = "1",
-                     programs: Mapping[str, str] | Callable[[], Mapping[str, str]] | None = None) -> JobType:
-    """Register (or replace) the job type `name` in this process."""
-    if not name or not isinstance(name, str):
-        raise WorkflowError(f"job type name must be a non-empty string, got {name!r}")
-    if not callable(func):
-        raise WorkflowError(f"job type {name!r}: {func!r} is not callable")
-    jobtype = JobType(name, func, str(version), programs)
-    _JOBTYPES[name] = jobtype
-    return jobtype
-
-
-def unregister_jobtype(name: str) -> None:
-    _JOBTYPES.pop(name, None)
-
-
-def get_jobtype(name: str) -> JobType:
-    try:
-        return _JOBTYPES[name]
-    except KeyError:
-        raise WorkflowError(f"job type {name!r} is not registered in this process "
-                            f"(registered: {sorted(_JOBTYPES) or 'none'})") from None
 
 
 # ---------------------------------------------------------------- handles and summaries
@@ -171,15 +129,6 @@ class RunSummary:
 
 
 # ---------------------------------------------------------------- workflow
-
-def _run_job(func: Callable, params: dict, inputs: list[str]):
-    """Executed on a Dask worker: call the job function, return its result as canonical JSON."""
-    result = func(params, inputs)
-    try:
-        return canonical_json(result)
-    except (TypeError, ValueError) as exc:
-        raise WorkflowError(f"result is not JSON-serialisable: {exc}") from None
-
 
 def _as_condition(when) -> Condition | None:
     if when is None or isinstance(when, Condition):
@@ -329,7 +278,7 @@ class Workflow:
                 states[rec.label] = COMPLETED
                 summary.memo_hits.append(rec.label)
                 continue
-            fut = client.submit(_run_job, jobtype.func, rec.params, rec.inputs, pure=False,
+            fut = client.submit(run_job, jobtype.func, rec.params, rec.inputs, pure=False,
                                 key=f"appion-workflow-{rec.id}-{uuid.uuid4().hex[:8]}")
             running[fut] = (rec, key, time.monotonic())
             summary.executed.append(rec.label)

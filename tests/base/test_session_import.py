@@ -263,7 +263,7 @@ def test_two_importers_at_once_register_each_movie_once(fresh_home, tmp_path):
 
 def test_a_stop_request_ends_a_pass_between_movies(db, tmp_path):
     """SIGTERM during a long pass (watch mode) stops after the movie being registered, never inside one."""
-    from appion.base.session.cli import import_pass
+    from appion.base.session.commands import import_pass
     from appion.base.session.retrieve import find_movie_files
     from appion.base.session.store import ImportSettings, store_session
 
@@ -282,7 +282,7 @@ def test_a_stop_request_ends_a_pass_between_movies(db, tmp_path):
 def test_settling_and_retry_rules(tmp_path):
     """The watcher's scheduling: a file is ready once unchanged for settle_s; a failed one waits for a change
     (then settles afresh) or for its retry time; files that vanish are forgotten."""
-    from appion.base.session.cli import _find_settled
+    from appion.base.session.commands import _find_settled
 
     movie = tmp_path / "r_00001en.frames.tif"
     movie.write_bytes(b"1234")

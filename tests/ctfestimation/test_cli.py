@@ -12,7 +12,7 @@ import pytest
 from appion.base.physics import calc_defocus_at_azimuth_A
 from appion.base.simulate.calc import MicrographParams, MovieParams, calc_micrograph, calc_movie
 from appion.base.simulate.store import write_movie_tiff, write_mrc
-from appion.ctfestimation import cli
+from appion.ctfestimation import cli, estimate
 from appion.ctfestimation.calc.classic import parse_avrot, parse_ctffind_header, parse_ctffind_results
 
 REPO = Path(__file__).resolve().parents[2]
@@ -59,9 +59,9 @@ def test_estimate_writes_ctffind_files(micrograph, tmp_path, capsys):
 
 
 def test_estimate_ctf_file_reports_timings_and_options(micrograph, tmp_path):
-    options = cli.CtfOptions(pixel_size_A=1.1, voltage_kV=300, cs_mm=2.7, amplitude_contrast=0.07,
+    options = estimate.CtfOptions(pixel_size_A=1.1, voltage_kV=300, cs_mm=2.7, amplitude_contrast=0.07,
                              astig_restraint_A=1000.0, write_png=False, threads=2)
-    outcome = cli.estimate_ctf_file(micrograph, tmp_path / "o.txt", options)
+    outcome = estimate.estimate_ctf_file(micrograph, tmp_path / "o.txt", options)
     assert set(outcome.seconds) >= {"read", "spectrum", "search", "refine", "write"}
     assert all(v >= 0 for v in outcome.seconds.values())
     assert outcome.png_path is None and not (tmp_path / "o.png").exists()
@@ -142,5 +142,5 @@ def test_module_entry_point_runs(micrograph, tmp_path):
 
 
 def test_output_paths_follow_ctffind_naming(tmp_path):
-    txt, avrot, png = cli.calc_output_paths(tmp_path / "a" / "img-pow.txt")
+    txt, avrot, png = estimate.calc_output_paths(tmp_path / "a" / "img-pow.txt")
     assert (txt.name, avrot.name, png.name) == ("img-pow.txt", "img-pow_avrot.txt", "img-pow.png")

@@ -22,7 +22,7 @@ import starfile
 from appion.base.physics import calc_exposure_weights, calc_frequency_grid
 from appion.base.simulate.calc import MovieParams, calc_local_shifts_px, calc_movie
 from appion.base.simulate.store import write_movie_tiff, write_mrc
-from appion.motioncorrection import cli
+from appion.motioncorrection import align, cli
 from appion.motioncorrection.calc import internal as I
 
 RELION = shutil.which("relion_run_motioncorr")
@@ -127,8 +127,8 @@ def test_patches_frame_range_and_local_model_in_star(tmp_path):
     frames, truth = calc_movie(params)
     movie = tmp_path / "local.mrc"
     write_mrc(movie, frames.astype(np.uint16), 1.0)
-    options = cli.MotionOptions(pixel_size_A=1.0, patch_cols=3, patch_rows=3, first_frame=2, last_frame=12, threads=2)
-    outcome = cli.align_movie_file(movie, tmp_path / "out.mrc", options)
+    options = align.MotionOptions(pixel_size_A=1.0, patch_cols=3, patch_rows=3, first_frame=2, last_frame=12, threads=2)
+    outcome = align.align_movie_file(movie, tmp_path / "out.mrc", options)
     assert outcome.n_frames == 11 and outcome.shifts_px.shape == (11, 2)
     assert outcome.local_model is not None
     star = starfile.read(outcome.star_path, always_dict=True)
@@ -160,7 +160,7 @@ def test_accuracy_no_worse_than_relion_on_the_same_movie(tiff_movie, tmp_path):
     from appion.motioncorrection.calc.external import (RelionMotionParams, calc_displacement_from_relion_shifts,
                                                        run_relion_motioncorr)
     path, _, truth = tiff_movie
-    outcome = cli.align_movie_file(path, tmp_path / "ours.mrc", cli.MotionOptions(pixel_size_A=1.0, threads=2))
+    outcome = align.align_movie_file(path, tmp_path / "ours.mrc", align.MotionOptions(pixel_size_A=1.0, threads=2))
     # RELION turns dots in a movie's stem into underscores in its output names; a dot-free copy avoids that.
     link = tmp_path / "movie.tif"
     shutil.copyfile(path, link)
@@ -257,9 +257,9 @@ def test_failure_while_writing_leaves_no_partial_outputs(tiff_movie, tmp_path, m
 
     def broken(*args, **kwargs):
         raise OSError(28, "No space left on device")
-    monkeypatch.setattr(cli.store, "write_png", broken)
+    monkeypatch.setattr(align.outputs, "write_png", broken)
     with pytest.raises(OSError):
-        cli.align_movie_file(path, tmp_path / "o.mrc", cli.MotionOptions(pixel_size_A=1.0, appion_log=True))
+        align.align_movie_file(path, tmp_path / "o.mrc", align.MotionOptions(pixel_size_A=1.0, appion_log=True))
     assert list(tmp_path.iterdir()) == []
 
 
@@ -277,8 +277,8 @@ def test_gain_in_each_orientation_is_applied_when_told_how(rotate, flip, tmp_pat
     write_movie_tiff(movie, frames)
     gain_file = tmp_path / "gain.mrc"
     write_mrc(gain_file, truth["gain_on_disk"], 1.0)
-    options = cli.MotionOptions(pixel_size_A=1.0, gain_path=str(gain_file), gain_rotate=rotate, gain_flip=flip)
-    outcome = cli.align_movie_file(movie, tmp_path / "o.mrc", options)
+    options = align.MotionOptions(pixel_size_A=1.0, gain_path=str(gain_file), gain_rotate=rotate, gain_flip=flip)
+    outcome = align.align_movie_file(movie, tmp_path / "o.mrc", options)
     # A fixed gain pattern left in the frames would pull the alignment towards zero shift.
     assert I.calc_trajectory_rms_error(outcome.shifts_px, truth["shifts_px"]) <= 0.15
     d = outcome.shifts_px
@@ -297,11 +297,11 @@ def test_gain_flip_bare_flag_means_upside_down():
     parser = cli.argparse.ArgumentParser()
     cli.add_parser(parser.add_subparsers())
     args = parser.parse_args(["motion", "align", "m.tif", "--apix", "1", "-o", "o.mrc", "--gain-flip"])
-    assert cli.calc_options(args).gain_flip == 1
+    assert align.calc_options(args).gain_flip == 1
     args = parser.parse_args(["motion", "align", "m.tif", "--apix", "1", "-o", "o.mrc", "--gain-flip", "2"])
-    assert cli.calc_options(args).gain_flip == 2
+    assert align.calc_options(args).gain_flip == 2
     args = parser.parse_args(["motion", "align", "m.tif", "--apix", "1", "-o", "o.mrc", "--patch", "5", "4"])
-    options = cli.calc_options(args)
+    options = align.calc_options(args)
     assert (options.patch_cols, options.patch_rows, options.gain_flip) == (5, 4, 0)
 
 
@@ -317,14 +317,14 @@ def test_defect_map_removes_hot_lines_from_alignment_and_sum(tmp_path):
     mask[200, :] = 1
     with mrcfile.new(defects) as mrc:
         mrc.set_data(mask)
-    fixed = cli.align_movie_file(movie, tmp_path / "fixed.mrc", cli.MotionOptions(pixel_size_A=1.0,
+    fixed = align.align_movie_file(movie, tmp_path / "fixed.mrc", align.MotionOptions(pixel_size_A=1.0,
                                                                                    defects_path=str(defects)))
     assert I.calc_trajectory_rms_error(fixed.shifts_px, truth["shifts_px"]) <= 0.15
     with mrcfile.open(fixed.sum_path) as mrc:
         image = mrc.data.astype(np.float64)
     columns = image[20:-20, 20:-20].mean(axis=0)
     assert np.abs(columns - np.median(columns)).max() < 6 * columns.std()  # no hot line left
-    plain = cli.align_movie_file(movie, tmp_path / "plain.mrc", cli.MotionOptions(pixel_size_A=1.0))
+    plain = align.align_movie_file(movie, tmp_path / "plain.mrc", align.MotionOptions(pixel_size_A=1.0))
     with mrcfile.open(plain.sum_path) as mrc:
         hot = mrc.data.astype(np.float64)[20:-20, 20:-20].mean(axis=0)
     assert np.abs(hot - np.median(hot)).max() > 6 * np.abs(columns - np.median(columns)).max()

@@ -143,13 +143,13 @@ def test_interrupted_submission_fails_after_a_grace_period(job):
 def test_jobs_list_and_show(job, capsys):
     from argparse import Namespace
 
-    from appion.refine import cli
+    from appion.refine import commands
 
     m, row, lifecycle, files, roots = job
     store.store_transitions(lifecycle, js.calc_path(S.INCOMING, S.RUNNING), now=1001.0, cluster_job_id=4242)
-    assert cli.cmd_jobs_list(Namespace(all=False)) == 0
+    assert commands.cmd_jobs_list(Namespace(all=False)) == 0
     out = capsys.readouterr().out
     assert "4242" in out and "RUNNING" in out and "generic" in out
-    assert cli.cmd_jobs_show(Namespace(job=row.id)) == 0
+    assert commands.cmd_jobs_show(Namespace(job=row.id)) == 0
     out = capsys.readouterr().out
     assert "PREPROCESSING -> RUNNING" in out and "INCOMING -> PREPROCESSING" in out

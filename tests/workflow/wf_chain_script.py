@@ -11,8 +11,12 @@ import json
 import sys
 from pathlib import Path
 
-from appion.workflow.core import Workflow
-from tests.workflow.wf_jobs import register, submit_chain
+from appion.base.db import bootstrap
+
+bootstrap()  # before anything imports the models (appion.workflow.core does)
+
+from appion.workflow.core import Workflow  # noqa: E402
+from tests.workflow.wf_jobs import register, submit_chain  # noqa: E402
 
 
 def main(argv: list[str]) -> int:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from appion.workflow.core import register_jobtype
+from appion.workflow.jobtypes import register_jobtype  # no Django: workers import this module
 
 CHAIN = "test-chainstep"
 

@@ -54,13 +54,18 @@ def _on_sqlite_connect(sender, connection, **kwargs):
 
 
 def bootstrap(config: AppionConfig | None = None) -> AppionConfig:
-    """Configure and start Django once; later calls return the active config."""
+    """Configure and start Django once; later calls return the active config.
+
+    config: the configuration to use (default: load_config(), i.e. --config / APPION_CONFIG /
+    $APPION_HOME/config.toml); ignored once Django has started.
+    """
     global _config
     with _lock:
         if _config is not None:
             return _config
-        if settings.configured:  # re-entered from django.setup() importing our models
-            return _config  # type: ignore[return-value]
+        if settings.configured:
+            raise RuntimeError("Django settings were configured before appion.base.db.bootstrap(); "
+                               "appion must configure them itself")
         config = config or load_config()
         if config.embedded:
             folder = Path(config.leginon.name).parent

@@ -9,6 +9,7 @@ from pathlib import Path
 from django.db import transaction
 
 from appion.base.db import models as m
+from appion.base.db.models.loop import QUEUED
 from appion.base.db.router import alias_for
 from appion.base.db.sinedon import insert, serialised_inserts
 from appion.base.io.metadata import ExposureMetadata
@@ -184,8 +185,6 @@ def store_loop_run_fields(looprun_id: int, **fields) -> None:
 
 def store_loop_exposures(looprun_id: int, items: list[tuple[int, str, float]]) -> dict[tuple[int, str], int]:
     """Queued rows for new (image id, step, arrived) pairs; returns their ids by (image id, step)."""
-    from appion.base.db.models.loop import QUEUED
-
     with transaction.atomic(using=alias_for(m.ApLoopExposureData)):
         rows = [m.ApLoopExposureData(looprun_id=looprun_id, image_id=i, step=s, status=QUEUED, attempts=0,
                                      arrived=a) for i, s, a in items]

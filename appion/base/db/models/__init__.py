@@ -1,10 +1,11 @@
-"""All tables appion reads or writes, importable from here.
+"""All tables appion reads or writes, importable from here once `appion.base.db.bootstrap()` has run.
 
-Importing this package starts Django from appion's config if no command has done so yet.
+Importing this package does not start Django: a command calls bootstrap() first (see appion.cli).
 """
-from appion.base.db.setup import bootstrap as _bootstrap
+from django.conf import settings as _settings
 
-_bootstrap()
+if not _settings.configured:
+    raise RuntimeError("appion.base.db.bootstrap() must run before the models are imported")
 
 from appion.base.db.models.leginon import *  # noqa: E402,F401,F403
 from appion.base.db.models.project import *  # noqa: E402,F401,F403
