@@ -84,6 +84,7 @@ def drop_mariadb(prefix: str) -> None:
 
 if TEST_DB == "mariadb":
     write_mariadb_config(_HOME, MARIADB_PREFIX)
+from appion.base.db import bootstrap as _bootstrap; _bootstrap()  # noqa: E402,E702 (test modules import models at top)
 
 
 @pytest.fixture(scope="session")
