@@ -2,12 +2,16 @@
 
 The global settings (appion.base.db.setup) know nothing about URLs; `make_wsgi_app` sets
 ROOT_URLCONF and ALLOWED_HOSTS before the first request, and wraps every request so that
-any statement other than a read is refused: the viewer never writes the database.
+any statement other than a read is refused: the viewer never writes the database.  Around that,
+appion.web.security answers only the Host names this server serves (400 otherwise: DNS rebinding)
+and adds the safety headers to every response; the views answer only GET and HEAD (405 otherwise).
 """
 from __future__ import annotations
 
 import contextlib
 from typing import Callable
+
+from appion.web import security
 
 READ_PREFIXES = ("SELECT", "PRAGMA", "SET ", "SHOW", "WITH", "EXPLAIN", "SAVEPOINT", "RELEASE", "ROLLBACK")
 
@@ -27,24 +31,30 @@ def refuse_writes(execute, sql, params, many, context):
     return execute(sql, params, many, context)
 
 
-def calc_allowed_hosts(host: str) -> list[str]:
-    """Host headers accepted: the bound name plus loopback names ('*' when bound to all interfaces)."""
-    if host in ("0.0.0.0", "::", ""):
-        return ["*"]
-    return sorted({host, "localhost", "127.0.0.1", "[::1]"})
+def calc_allowed_hosts(host: str, configured: tuple[str, ...] = (), machine_names: tuple[str, ...] = ()) -> list[str]:
+    """Django's ALLOWED_HOSTS for a server bound to `host`: the names of appion.web.security's policy
+    ('*' when bound to all interfaces, where the policy also takes any IP literal, which Django cannot express).
+
+    The guard enforces the policy before Django sees a request; this keeps request.get_host() consistent.
+    """
+    policy = security.calc_host_policy(host, configured, machine_names)
+    return ["*"] if policy.any_ip else list(policy.names)
 
 
 def make_wsgi_app(host: str = "127.0.0.1"):
-    """Django's WSGI handler for the viewer's URLconf, with writes refused on every connection."""
+    """Django's WSGI handler for the viewer's URLconf, with writes refused on every connection,
+    answering only the Host names a server bound to `host` serves, with safety headers on every response."""
     from django.conf import settings
     from django.core.wsgi import get_wsgi_application
     from django.db import connections
 
     from appion.base.db import bootstrap
 
-    bootstrap()
+    configured = security.retrieve_configured_hosts(bootstrap())
+    machine_names = () if security.calc_is_loopback(host) else security.retrieve_machine_names()
+    policy = security.calc_host_policy(host, configured, machine_names)
     settings.ROOT_URLCONF = "appion.web.urls"
-    settings.ALLOWED_HOSTS = calc_allowed_hosts(host)
+    settings.ALLOWED_HOSTS = calc_allowed_hosts(host, configured, machine_names)
     django_app = get_wsgi_application()
 
     def app(environ, start_response):
@@ -53,7 +63,7 @@ def make_wsgi_app(host: str = "127.0.0.1"):
                 stack.enter_context(connections[alias].execute_wrapper(refuse_writes))
             return django_app(environ, start_response)
 
-    return app
+    return security.guard(app, policy)
 
 
 def serve(host: str, port: int, on_bind: Callable[[int], None] | None = None) -> None:

@@ -1,7 +1,8 @@
 """HTTP views of the viewer: HTML pages, their JSON feeds, thumbnails, plots and static files.
 
 Templates are rendered by a private `django.template.Engine`, so the viewer needs no
-TEMPLATES setting; all data comes from appion.web.retrieve (read-only).
+TEMPLATES setting; all data comes from appion.web.retrieve (read-only).  Every view answers
+GET and HEAD only (`require_safe`: 405 with `Allow: GET, HEAD` to anything else).
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from urllib.parse import urlencode
 
 from django.http import FileResponse, Http404, HttpResponse, JsonResponse
 from django.template import Context, Engine
+from django.views.decorators.http import require_safe
 
 from appion.web import calc, retrieve
 
@@ -55,6 +57,7 @@ def fmt_time(unix_s: float | None) -> str:
 
 
 # ---------------------------------------------------------------- sessions list
+@require_safe
 def sessions_view(request):
     n_pages = calc.calc_page_count(retrieve.retrieve_session_count(), SESSIONS_PER_PAGE)
     page = calc.calc_page_number(request.GET.get("page"), n_pages)
@@ -111,6 +114,7 @@ def _loop_items(refs: retrieve.RunRefs, now: float) -> dict:
             "ddstackrun": refs.ddstackrun_id, "acerun": refs.acerun_id}
 
 
+@require_safe
 def session_view(request, session_id: int):
     session = retrieve.retrieve_session(session_id)
     if session is None:
@@ -132,6 +136,7 @@ def _row_html(item: dict) -> str:
     return engine().get_template("_row.html").render(Context({"r": item})).strip()
 
 
+@require_safe
 def session_rows_json(request, session_id: int):
     """The live feed: counters and the current page's rows (each with its rendered <tr>)."""
     if retrieve.retrieve_session(session_id) is None:
@@ -146,6 +151,7 @@ def session_rows_json(request, session_id: int):
     return _json(body)
 
 
+@require_safe
 def session_series_json(request, session_id: int):
     if retrieve.retrieve_session(session_id) is None:
         raise Http404(f"no session {session_id}")
@@ -171,6 +177,7 @@ CTF_FIELDS = (  # (column, label, scale, digits, unit)
     ("cs", "Cs", 1, 2, "mm"), ("amplitude_contrast", "amplitude contrast", 1, 3, ""))
 
 
+@require_safe
 def exposure_view(request, image_id: int):
     run_id = _int(request.GET.get("run"))
     detail = retrieve.retrieve_exposure(image_id, run_id)
@@ -204,6 +211,7 @@ def exposure_view(request, image_id: int):
         if row.result_id else None})
 
 
+@require_safe
 def thumbnail_view(request, image_id: int):
     from appion.base.db import current_config
     from appion.web.store import ThumbnailError, save_thumbnail
@@ -223,6 +231,7 @@ def thumbnail_view(request, image_id: int):
     return response
 
 
+@require_safe
 def plot_view(request, image_id: int, name: str):
     """A diagnostic PNG whose path the database records (never a path taken from the request)."""
     detail = retrieve.retrieve_exposure(image_id, _int(request.GET.get("run")))
@@ -242,6 +251,7 @@ def plot_view(request, image_id: int, name: str):
     return response
 
 
+@require_safe
 def static_view(request, name: str):
     if name not in STATIC:
         raise Http404(name)
