@@ -5,6 +5,11 @@ an embedded SQLite file in a temporary APPION_HOME (default), or real MariaDB da
 APPION_TEST_DB=mariadb (tests/base/test_mariadb.py runs the data-layer suite that way).
 The `db` fixture empties every table before a test.  Subprocess tests get their own
 APPION_HOME through `fresh_home`.
+
+Services: the tests never stop, restart or reconfigure a service they did not start.  The machine's MariaDB
+(127.0.0.1:3306) only holds throw-away databases; a test that needs an outage gets its own server
+(`private_mariadb`); Slurm is always a private single-node Slurm started once per session on first use
+(`private_slurm` / `require_slurm()`), reached through SLURM_CONF.  See tests/privateservices.py.
 """
 from __future__ import annotations
 
@@ -15,6 +20,8 @@ import tempfile
 from pathlib import Path
 
 import pytest
+
+from tests.privateservices import PrivateMariaDB, PrivateSlurm, ServiceError
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
@@ -29,11 +36,35 @@ os.environ["APPION_HOME"] = str(_HOME)
 os.environ.setdefault("NUMBA_CACHE_DIR", str(Path(tempfile.gettempdir()) / "appion-numba-cache"))
 TEST_DB = os.environ.get("APPION_TEST_DB", "sqlite")
 MARIADB_PREFIX = "appion_pytest"
+# Until a test asks for the private Slurm, Slurm clients get an empty configuration and fail at once ("ClusterName
+# needs to be specified"), so a test that forgot the fixture can never reach a Slurm of the machine.
+_NO_SLURM_CONF = "/dev/null"
+os.environ["SLURM_CONF"] = _NO_SLURM_CONF
+# Files of the machine's services that the tests must leave byte-identical (tests/base/test_service_hygiene.py).
+ETC_WATCHED = (Path("/etc/slurm/slurm.conf"), Path("/etc/munge/munge.key"))
 
 
-def mysql_exec(sql: str, database: str | None = None) -> str:
+def file_fingerprints(paths=ETC_WATCHED) -> dict[str, str | None]:
+    """sha256 of each file (None when absent; 'unreadable' when not readable)."""
+    import hashlib
+
+    out = {}
+    for path in paths:
+        try:
+            out[str(path)] = hashlib.sha256(path.read_bytes()).hexdigest()
+        except FileNotFoundError:
+            out[str(path)] = None
+        except OSError:
+            out[str(path)] = "unreadable"
+    return out
+
+
+ETC_AT_START = file_fingerprints()
+
+
+def mysql_exec(sql: str, database: str | None = None, port: int = 3306) -> str:
     """Run SQL through the mariadb client as root (used by fixtures, not by appion)."""
-    cmd = ["mysql", "-uroot", "-h127.0.0.1", "-P3306", "--batch", "--skip-column-names", "-e", sql]
+    cmd = ["mysql", "-uroot", "-h127.0.0.1", f"-P{port}", "--batch", "--skip-column-names", "-e", sql]
     if database:
         cmd.append(database)
     return subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
@@ -53,33 +84,89 @@ def require_mariadb() -> None:
     pytest.skip("MariaDB at 127.0.0.1:3306 is not reachable")
 
 
-def require_slurm() -> None:
-    """Start the single-node Slurm (installing it if needed); in CI failure to do so fails the test."""
-    result = subprocess.run(["bash", str(REPO / ".ci" / "slurm-up")], capture_output=True, text=True)
-    if result.returncode == 0:
-        return
-    msg = f"single-node Slurm could not be started: {result.stderr.strip()[-500:]}"
+def _unavailable(msg: str):
+    """In CI a missing service is a failure; locally the test is skipped."""
     if os.environ.get("CI"):
         pytest.fail(msg)
     pytest.skip(msg)
 
 
-def write_mariadb_config(home: Path, prefix: str) -> Path:
-    """Fresh leginon/project/appion databases named <prefix>_leg/_proj/_ap and a config.toml using them."""
+_SLURM: dict = {}  # "slurm": the session's PrivateSlurm, or "error": why it could not start
+
+
+def require_slurm() -> PrivateSlurm:
+    """The session's private single-node Slurm, started on first use (stopped by pytest_sessionfinish).
+
+    Sets SLURM_CONF in os.environ, so this process and every subprocess started afterwards with os.environ reach
+    it; an environment copied before (fixtures building env dicts) does not: request the `private_slurm` fixture
+    (session scope, so it is set up before function fixtures) rather than calling this inside a test."""
+    if "slurm" not in _SLURM and "error" not in _SLURM:
+        missing = PrivateSlurm.missing_programs()
+        if missing:
+            _SLURM["error"] = (f"Slurm/munge programs missing ({', '.join(missing)}): apt-get install slurmctld "
+                               "slurmd slurm-client munge (bash .ci/test installs them)")
+        else:
+            slurm = PrivateSlurm(Path(tempfile.mkdtemp(prefix="appion-test-slurm-")))
+            try:
+                _SLURM["slurm"] = slurm.start()
+            except ServiceError as exc:
+                _SLURM["error"] = f"private Slurm could not be started: {str(exc)[-1500:]}"
+    if "error" in _SLURM:
+        _unavailable(_SLURM["error"])
+    os.environ["SLURM_CONF"] = str(_SLURM["slurm"].conf)
+    return _SLURM["slurm"]
+
+
+@pytest.fixture(scope="session")
+def private_slurm() -> PrivateSlurm:
+    """The session's private single-node Slurm (partition debug, node localhost); SLURM_CONF set in os.environ."""
+    return require_slurm()
+
+
+def pytest_sessionfinish(session, exitstatus):
+    slurm = _SLURM.pop("slurm", None)
+    if slurm is not None:
+        slurm.stop()
+        os.environ["SLURM_CONF"] = _NO_SLURM_CONF
+        shutil.rmtree(slurm.dir, ignore_errors=True)
+
+
+@pytest.fixture
+def private_mariadb():
+    """A MariaDB server of this test's own (own datadir, free port, socket and pid file in a temporary directory),
+    root without password on 127.0.0.1:<port>; the test may stop() and start() it; stopped and removed afterwards.
+    The directory is outside pytest's tmp_path because mariadbd runs as user mysql (tmp_path's parents are 0700)."""
+    missing = PrivateMariaDB.missing_programs()
+    if missing:
+        _unavailable(f"MariaDB server programs missing ({', '.join(missing)}): apt-get install mariadb-server")
+    server = PrivateMariaDB(Path(tempfile.mkdtemp(prefix="appion-test-mariadb-")))
+    try:
+        server.start()
+    except ServiceError as exc:
+        shutil.rmtree(server.dir, ignore_errors=True)
+        _unavailable(str(exc)[-1500:])
+    yield server
+    server.close()
+    shutil.rmtree(server.dir, ignore_errors=True)
+
+
+def write_mariadb_config(home: Path, prefix: str, port: int = 3306) -> Path:
+    """Fresh leginon/project/appion databases named <prefix>_leg/_proj/_ap (on the server at 127.0.0.1:port) and
+    a config.toml using them."""
     for part in ("leg", "proj", "ap"):
-        mysql_exec(f"DROP DATABASE IF EXISTS `{prefix}_{part}`; CREATE DATABASE `{prefix}_{part}`")
+        mysql_exec(f"DROP DATABASE IF EXISTS `{prefix}_{part}`; CREATE DATABASE `{prefix}_{part}`", port=port)
     home.mkdir(parents=True, exist_ok=True)
     cfg = home / "config.toml"
     cfg.write_text("[database]\n"
-                   f'leginon = "mysql://root@127.0.0.1:3306/{prefix}_leg"\n'
-                   f'project = "mysql://root@127.0.0.1:3306/{prefix}_proj"\n'
-                   f'appion = "mysql://root@127.0.0.1:3306/{prefix}_ap"\n')
+                   f'leginon = "mysql://root@127.0.0.1:{port}/{prefix}_leg"\n'
+                   f'project = "mysql://root@127.0.0.1:{port}/{prefix}_proj"\n'
+                   f'appion = "mysql://root@127.0.0.1:{port}/{prefix}_ap"\n')
     return cfg
 
 
-def drop_mariadb(prefix: str) -> None:
+def drop_mariadb(prefix: str, port: int = 3306) -> None:
     for part in ("leg", "proj", "ap"):
-        mysql_exec(f"DROP DATABASE IF EXISTS `{prefix}_{part}`")
+        mysql_exec(f"DROP DATABASE IF EXISTS `{prefix}_{part}`", port=port)
 
 
 if TEST_DB == "mariadb":

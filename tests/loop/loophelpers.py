@@ -36,7 +36,8 @@ def truth_defocus_A(frames_dir: Path, filename: str) -> tuple[float, float]:
 
 
 class Db:
-    """Plain SQL on a test home's databases (SQLite file or the MariaDB databases of its config)."""
+    """Plain SQL on a test home's databases (SQLite file or the MariaDB databases of its config, on whichever
+    server the config names: the machine's 127.0.0.1:3306 or a private one)."""
 
     def __init__(self, home: Path):
         self.home = home
@@ -44,9 +45,12 @@ class Db:
         self.mysql = cfg.exists() and "mysql://" in cfg.read_text()
         if self.mysql:
             import tomllib
+            from urllib.parse import urlsplit
 
             db = tomllib.loads(cfg.read_text())["database"]
-            self.names = {k: db[k].rsplit("/", 1)[1] for k in ("leginon", "appion")}
+            urls = {k: urlsplit(db[k]) for k in ("leginon", "appion")}
+            self.names = {k: u.path.lstrip("/") for k, u in urls.items()}
+            self.servers = {k: (u.hostname or "127.0.0.1", u.port or 3306) for k, u in urls.items()}
 
     def rows(self, sql: str, which: str = "appion") -> list[tuple]:
         if not self.mysql:
@@ -57,7 +61,8 @@ class Db:
                 con.close()
         import MySQLdb
 
-        con = MySQLdb.connect(host="127.0.0.1", port=3306, user="root", db=self.names[which])
+        host, port = self.servers[which]
+        con = MySQLdb.connect(host=host, port=port, user="root", db=self.names[which])
         try:
             cur = con.cursor()
             cur.execute(sql.replace('"', "`"))

@@ -15,7 +15,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import require_slurm
 from tests.loop.loophelpers import Db, finish, start_loop, wait_for
 from tests.loop.test_loop_local import assert_each_once
 from tests.loop.test_loop_services import squeue
@@ -67,9 +66,9 @@ def test_twelve_4k_movies_local_sqlite(fresh_home, frames_4k, tmp_path):
 
 @pytest.mark.slurm
 @pytest.mark.mariadb
-def test_twelve_4k_movies_slurm_mariadb(mariadb_home, frames_4k, tmp_path):
-    require_slurm()
+def test_twelve_4k_movies_slurm_mariadb(private_slurm, mariadb_home, frames_4k, tmp_path):
     home, env = mariadb_home
+    assert env["SLURM_CONF"] == str(private_slurm.conf)
     job_name = f"apk{os.getpid()}"
     env = {**env, "DASK_JOBQUEUE__SLURM__NAME": job_name}
     _import(env, frames_4k)
@@ -82,5 +81,5 @@ def test_twelve_4k_movies_slurm_mariadb(mariadb_home, frames_4k, tmp_path):
         # The loop closes its cluster on the way out: no job of this test may stay queued or running.
         wait_for(lambda: not squeue(job_name), 30, "the Slurm jobs to be gone after the run")
     finally:
-        subprocess.run(["scancel", "-n", job_name], capture_output=True)  # cleanup only after a failure
+        subprocess.run(["scancel", "-n", job_name], capture_output=True, env=private_slurm.env)  # after a failure
     _check(Db(home), frames_4k)

@@ -1,4 +1,4 @@
-"""runJob.py and the job tracker on the real single-node Slurm (commands run as subprocesses).
+"""runJob.py and the job tracker on the session's private single-node Slurm (commands run as subprocesses).
 
 The refinement job uses tests/standins/refine_standin, a stand-in for relion_refine (RELION's
 refinement is far too heavy here and EMAN/Frealign/Xmipp cannot be installed): it reads the
@@ -20,7 +20,7 @@ import mrcfile
 import numpy as np
 import pytest
 
-from tests.conftest import REPO, require_slurm
+from tests.conftest import REPO
 
 pytestmark = pytest.mark.slurm
 STANDIN = REPO / "tests" / "standins" / "refine_standin"
@@ -36,11 +36,10 @@ with open(sys.argv[1], "w") as fh:
 
 
 @pytest.fixture(scope="module")
-def site_home(tmp_path_factory):
+def site_home(private_slurm, tmp_path_factory):
     """One APPION_HOME (embedded SQLite, schema created, as the fresh_home fixture makes it) shared by the
     tests of this module — each test uses its own run names — with a Slurm host, run roots and short
     archive/expiry ages.  Sharing saves a `db init` (seconds) per test."""
-    require_slurm()
     tmp = tmp_path_factory.mktemp("refine-site")
     home = tmp / "appion-home"
     home.mkdir()
@@ -55,13 +54,13 @@ def site_home(tmp_path_factory):
         "[hosts.lsfsite]\nscheduler = \"lsf\"\nqueue = \"normal\"\n")
     env = {**os.environ, "APPION_HOME": str(home)}
     env.pop("APPION_CONFIG", None)
+    assert env["SLURM_CONF"] == str(private_slurm.conf)
     subprocess.run(["appion", "db", "init"], env=env, check=True, capture_output=True)
     return {"home": home, "env": env, "runs": runs, "db": home / "appion.sqlite3"}
 
 
 @pytest.fixture
 def site(site_home, tmp_path):
-    require_slurm()
     dumper = tmp_path / "dump_argv.py"
     dumper.write_text(ARGV_DUMPER)
     return {**site_home, "dumper": dumper, "tmp": tmp_path}
@@ -133,7 +132,8 @@ def _stop(proc):
 def test_generic_job_goes_Q_R_D_and_a_restarted_tracker_finishes_it(site):
     release = site["tmp"] / "release-gen1"
     job_id, cluster_id, rundir, out = _generic(site, "gen1", release)
-    squeue = subprocess.run(["squeue", "-h", "-j", str(cluster_id), "-o", "%i"], capture_output=True, text=True)
+    squeue = subprocess.run(["squeue", "-h", "-j", str(cluster_id), "-o", "%i"], capture_output=True, text=True,
+                            env=site["env"])
     assert squeue.stdout.strip() in (str(cluster_id), "")  # the printed id is Slurm's (may have started already)
     status, stored_id, state, _ = _job_row(site, job_id)
     assert (status, stored_id, state) == ("Q", cluster_id, "INCOMING")
@@ -184,7 +184,7 @@ def test_scancel_ends_E(site):
     watcher = _watcher(site, "--until-idle")
     try:
         _wait_for(lambda: _job_row(site, job_id)[0] == "R", 30, "status R")
-        subprocess.run(["scancel", str(cluster_id)], check=True)
+        subprocess.run(["scancel", str(cluster_id)], check=True, env=site["env"])
         assert watcher.wait(timeout=60) == 0, watcher.stderr.read()
     finally:
         _stop(watcher)
@@ -293,14 +293,14 @@ def test_refine_program_crash_ends_failed(site):
     assert "simulated crash" in (rundir / "recon2.appionsub.log").read_text()
 
 
-def test_generic_job_on_mariadb(mariadb_home, tmp_path):
+def test_generic_job_on_mariadb(private_slurm, mariadb_home, tmp_path):
     """The same bookkeeping against MariaDB (leginon/project/appion databases of a real site layout)."""
     import re
 
     from tests.conftest import mysql_exec
 
-    require_slurm()
     home, env = mariadb_home
+    assert env["SLURM_CONF"] == str(private_slurm.conf)
     runs = tmp_path / "runs"
     config = home / "config.toml"
     config.write_text(config.read_text() + f'\n[jobs]\nrundir_roots = ["{runs}"]\n')
