@@ -17,7 +17,7 @@ _ROWS = "appion.ctfestimation.steprows"
 ENGINES = {
     "builtin": Engine("builtin", "appion's own estimator (tiled spectrum, 1D search + 2D refinement)",
                       version=Lazy("appion.base.versions", "calc_appion_version"),
-                      modules=("appion.ctfestimation.cli",)),
+                      modules=("appion.ctfestimation.estimate",)),
     "ctffind4": Engine("ctffind4", "CTFFIND 4/5 driven through its prompts",
                        version=Lazy(_TASK, "calc_engine_version")),
     "gctf": Engine("gctf", "Gctf (GPU)", version=Lazy(_TASK, "calc_engine_version"), needs=("gpu",)),
@@ -26,7 +26,7 @@ ENGINES = {
 
 def add_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("CTF estimation (step 'ctf')")
-    g.add_argument("--engine-ctf", default="builtin", choices=tuple(ENGINES),
+    g.add_argument("--engine-ctf", default="builtin", metavar="ENGINE",
                    help="; ".join(f"{k}: {e.description}" for k, e in ENGINES.items()))
     g.add_argument("--ctf-exe", help="executable for the ctffind4/gctf engines")
     g.add_argument("--ampcontrast", type=float, default=0.07, help="amplitude contrast (fraction)")

@@ -76,10 +76,10 @@ def run_ctf_engine(inp: CtfInput, settings: CtfSettings, rundir: Path, gpu: str 
     step_A = (settings.defstep_um or 0.05) * 1e4
     diag = rundir / f"{inp.filename}-pow.mrc"
     if settings.engine == "builtin":
-        from appion.ctfestimation import cli as ctfcli
+        from appion.ctfestimation import estimate
 
-        options = calc_builtin_options(ctfcli.CtfOptions, inp, settings, low, high)
-        out = ctfcli.estimate_ctf_file(inp.image_path, rundir / f"{inp.filename}-pow.txt", options)
+        options = calc_builtin_options(estimate.CtfOptions, inp, settings, low, high)
+        out = estimate.estimate_ctf_file(inp.image_path, rundir / f"{inp.filename}-pow.txt", options)
         return {"result": out.result, "graphs": (getattr(out, "png_path", None), None, None, None)}
     from appion.ctfestimation.calc import external as ext
 

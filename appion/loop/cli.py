@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 
+from appion.base.entry import Command
 from appion.base.steps import calc_step_order, load_steps
 
 TILT_CHOICES = ("all", "notilt", "hightilt", "lowtilt", "minustilt", "plustilt")
@@ -69,36 +70,18 @@ def add_loop_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--dashboard-address", default=":8787", help="Dask dashboard address (:0 = any free port)")
 
 
-def _cmd_loop(args) -> int:
-    from appion.loop.commands import cmd_loop
-
-    return cmd_loop(args)
-
-
-def _cmd_status(args) -> int:
-    from appion.loop.commands import cmd_status
-
-    return cmd_status(args)
-
-
-def _cmd_demo(args) -> int:
-    from appion.loop.commands import cmd_demo
-
-    return cmd_demo(args)
-
-
 def add_parser(subparsers) -> None:
     loop = subparsers.add_parser("loop", help="process a session's exposures as they arrive (Dask)")
     add_loop_options(loop)
-    loop.set_defaults(func=_cmd_loop)
+    loop.set_defaults(func=Command("appion.loop.commands:cmd_loop"))
     status = subparsers.add_parser("status", help="what a session's loop runs have done, are doing and failed")
     status.add_argument("session")
     status.add_argument("--runname", help="only this loop run")
     status.add_argument("--exposures", action="store_true", help="also list each exposure with every step's values")
-    status.set_defaults(func=_cmd_status)
+    status.set_defaults(func=Command("appion.loop.commands:cmd_status"))
     demo = subparsers.add_parser("demo", help="simulate, import and process a small session on the embedded defaults")
     demo.add_argument("--name", default="demo", help="session name")
     demo.add_argument("--n", type=int, default=8, help="number of movies")
     demo.add_argument("--size", type=int, default=1024, help="frame size (pixels, square)")
     demo.add_argument("--frames", type=int, default=16, help="frames per movie")
-    demo.set_defaults(func=_cmd_demo)
+    demo.set_defaults(func=Command("appion.loop.commands:cmd_demo"))

@@ -4,7 +4,6 @@ from __future__ import annotations
 import argparse
 import sys
 
-from appion.base.db import bootstrap
 from appion.base.steps import StepError, get_step
 from appion.loop.calc import LoopError, calc_percentile
 from appion.loop.cluster import ClusterSettings
@@ -81,7 +80,6 @@ def run_and_report(settings, error_prefix: str) -> int:
 
 
 def cmd_loop(args) -> int:
-    bootstrap()
     try:
         settings = settings_from_args(args)
     except (LoopError, StepError) as exc:  # e.g. a malformed --patches, an unknown step
@@ -91,7 +89,6 @@ def cmd_loop(args) -> int:
 
 
 def cmd_status(args) -> int:
-    bootstrap()
     from appion.loop.status import calc_exposure_table, calc_status_report
 
     try:
@@ -123,3 +120,29 @@ def run_demo(session_name: str) -> int:
     print_summary(summary)
     print(f"see also: appion status {session_name}")
     return 0 if not summary.failed else 1
+
+
+def cmd_demo(args) -> int:
+    """`appion demo`: simulate a small session, import it and process it on the embedded defaults."""
+    from appion.base.db import current_config
+    from appion.base.db.commands import cmd_db_init
+    from appion.base.session.commands import cmd_session_import
+    from appion.base.simulate.commands import cmd_simulate_session
+
+    config = current_config()
+    out = config.home / "demo"
+    frames = out / "frames"
+    if not frames.exists() or not any(frames.glob("*.frames.*")):
+        print(f"simulating {args.n} movies in {out}", flush=True)
+        sim = argparse.Namespace(out=out, n=args.n, size=args.size, apix=1.0, kv=300.0, cs=2.7, frames=args.frames,
+                                 dose_per_frame=1.5, drift=12.0, gain_sigma=0.0, bfactor=60.0, format="both",
+                                 name=args.name, micrographs=False, seed=1)
+        cmd_simulate_session(sim)
+    cmd_db_init(args)
+    imp = argparse.Namespace(name=args.name, frames_dir=str(frames), apix=1.0, kv=300.0, cs=2.7,
+                             dose=1.5 * args.frames, gain=None, preset="en", frame_rotate=0, frame_flip=0,
+                             watch=False, interval=1.0, settle=2.0)
+    status = cmd_session_import(imp)
+    if status:
+        return status
+    return run_demo(args.name)

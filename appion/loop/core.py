@@ -26,8 +26,6 @@ import logging
 import os
 import signal
 import time
-from collections import Counter
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -40,12 +38,12 @@ from appion.base.db.models.loop import DONE, FAILED, QUEUED, RETRY, RUNNING
 from appion.base.io.files import write_text_atomic
 from appion.base.session import retrieve as r
 from appion.base.session import store as st
-from appion.base.session.store import RunConflict
-from appion.base.steps import Step, StepError, StepInput, StepRun, calc_step_order, calc_upstream, load_steps
+from appion.base.steps import Step, StepInput, StepRun, calc_step_order, calc_upstream, load_steps
 from appion.loop import store as ls
 from appion.loop.calc import (LoopError, calc_backoff_s, calc_params_hash, calc_task_key, calc_tilt_skip, one_line)
 from appion.loop.cluster import ClusterSettings, describe_dashboard, start_cluster, stop_cluster
 from appion.loop.db import DatabaseRetry, db_errors, retrieve_exposure_inputs
+from appion.loop.records import LoopSettings, LoopSummary, Work, user_errors  # noqa: F401 (the loop's API)
 from appion.loop.tasks import TaskSpec, run_step_task, warm_up_plugin
 from appion.workflow.calc import CANCELLED, COMPLETED, WAITING, AllOf, Is, MemoParts, calc_decision, calc_memo_key
 from appion.workflow.calc import FAILED as WF_FAILED
@@ -55,75 +53,6 @@ log = logging.getLogger("appion.loop")
 
 TILT_CHOICES = ("all", "notilt", "hightilt", "lowtilt", "minustilt", "plustilt")
 TERMINAL = (COMPLETED, WF_FAILED, CANCELLED)
-
-
-@dataclass(frozen=True)
-class LoopSettings:
-    """One loop run: which session and steps, how to schedule and retry, each step's settings, where to run.
-
-    step_settings: step name → that step's settings (default: the step's defaults).  rundirs: step name →
-    explicit run directory (classic --rundir).  services_dir: where leases of GPUs and licensed programs
-    are kept (default <APPION_HOME>/services; must be shared by the nodes of a cluster).
-    """
-
-    session: str
-    preset: str | None = None
-    steps: tuple[str, ...] = ("motion", "ctf")
-    step_settings: dict = field(default_factory=dict)
-    rundirs: dict = field(default_factory=dict)
-    runname: str = "loop1"
-    wait: bool = True
-    idle_s: float = 10.0
-    poll_s: float = 2.0
-    retries: int = 2
-    backoff_s: float = 10.0
-    grace_s: float = 120.0
-    order: str = "oldest"
-    max_in_flight: int | None = None
-    limit: int | None = None
-    skip_rejected: bool = True
-    tilt: str = "all"
-    commit: bool = True
-    continue_run: bool = True
-    reuse: bool = True  # reuse results of identical step runs of earlier loop runs (memo keys)
-    cluster: object = None  # ClusterSettings (None: local defaults)
-    gpu_ids: str = "0"  # GPUs per node that tasks of GPU engines lease one at a time
-    services_dir: str | None = None
-    lease_timeout_s: float = 60.0
-    program: str = "appion loop"
-    jobtype: str = "appionloop"
-    script_params: tuple[tuple[str, str, str], ...] = ()
-    project_id: int | None = None
-    start_image_id: int | None = None
-    end_image_id: int | None = None
-    image_ids: tuple[int, ...] | None = None  # only these (classic --mrclist)
-
-
-def user_errors() -> tuple[type[Exception], ...]:
-    """Errors that are a person's to fix (no such session, run name clash, bad step): printed as one line."""
-    return (LoopError, RunConflict, StepError)
-
-
-@dataclass
-class Work:
-    image_id: int
-    step: str
-    attempt: int
-    key: str
-    submitted: float
-    future: object
-    task: StepInput
-
-
-@dataclass
-class LoopSummary:
-    done: list[int] = field(default_factory=list)  # exposures with every step done (this run)
-    failed: dict[tuple[int, str], str] = field(default_factory=dict)
-    latency_s: dict[int, float] = field(default_factory=dict)
-    executed: Counter = field(default_factory=Counter)  # tasks run per step (every attempt)
-    reused: dict[str, bool] = field(default_factory=dict)  # step → results taken from an earlier run
-    stopped_by_signal: bool = False
-    db_outages: int = 0
 
 
 class Loop:
@@ -344,7 +273,9 @@ class Loop:
                     self._enqueue(image_id, n)
                 elif decision.action == "cancel":
                     states[n] = CANCELLED
-                    self._record_not_run(image_id, n, f"not run: {decision.reason}")
+                    why = [f"{u} failed" if states[u] == WF_FAILED else f"{u} not run" for u in self.upstream[n]
+                           if states[u] in (WF_FAILED, CANCELLED)]
+                    self._record_not_run(image_id, n, f"not run: {', '.join(why) or decision.reason}")
                     changed = True
         if all(s in TERMINAL for s in states.values()):
             self._finish_exposure(image_id)

@@ -81,8 +81,15 @@ def calc_status_report(session_name: str, runname: str | None = None, now: float
         for label, column, values in calc_column_values(run.id, steps, list({x["image_id"] for x in rows})):
             med = calc_percentile([v for v in values.values() if isinstance(v, (int, float))], 50)
             medians.setdefault(label.split(":")[0], []).append(f"{column.label} {column.format(med)}")
+        reused = dict(m.ApLoopStepRunData.objects.filter(looprun_id=run.id, reused=True).values_list("step", "run_id"))
         for step in steps:
             mine = [x for x in rows if x["step"] == step]
+            if step in reused and not mine:
+                lines.append(f"  {step:<6} reused: the results of an earlier run with the same parameters and program "
+                             f"versions (its run row {reused[step]})")
+                if medians.get(step):
+                    lines.append(f"         median {', '.join(medians[step])}")
+                continue
             count = {k: sum(1 for x in mine if x["status"] == k) for k in (DONE, RUNNING, QUEUED, RETRY, FAILED)}
             done_times = [x["finished"] for x in mine if x["status"] == DONE and x["finished"]]
             out_last_hour = sum(1 for t in done_times if t >= hour_ago)

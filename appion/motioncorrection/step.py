@@ -15,7 +15,7 @@ _ROWS = "appion.motioncorrection.steprows"
 ENGINES = {
     "builtin": Engine("builtin", "appion's own global + patch alignment (CPU, numba)",
                       version=Lazy("appion.base.versions", "calc_appion_version"),
-                      modules=("appion.base.io.movies", "appion.motioncorrection.cli")),
+                      modules=("appion.base.io.movies", "appion.motioncorrection.align")),
     "motioncor2": Engine("motioncor2", "UCSF MotionCor2 (GPU; -InMrc/-InTiff/-InEer)",
                          version=Lazy(_TASK, "calc_engine_version"), needs=("gpu",)),
     "motioncor3": Engine("motioncor3", "MotionCor3 (GPU; MotionCor2's options)",
@@ -27,7 +27,7 @@ ENGINES = {
 
 def add_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("motion correction (step 'motion')")
-    g.add_argument("--engine-motion", default="builtin", choices=tuple(ENGINES),
+    g.add_argument("--engine-motion", default="builtin", metavar="ENGINE",
                    help="; ".join(f"{k}: {e.description}" for k, e in ENGINES.items()))
     g.add_argument("--motion-exe", help="executable for the motioncor2/motioncor3/relion engines")
     g.add_argument("--bin", type=float, default=1.0, help="binning of the aligned sums")

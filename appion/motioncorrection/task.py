@@ -105,7 +105,7 @@ def run_motion_engine(inp: ExposureInput, settings: MotionSettings, out_path: Pa
     first = settings.ddstartframe
     last = None if settings.ddnframe is None else first + settings.ddnframe - 1
     if settings.engine == "builtin":
-        from appion.motioncorrection.cli import MotionOptions, align_movie_file
+        from appion.motioncorrection.align import MotionOptions, align_movie_file
 
         options = MotionOptions(
             pixel_size_A=inp.pixel_size_A, gain_path=inp.gain_path, gain_rotate=inp.frame_rotate,

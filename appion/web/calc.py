@@ -174,4 +174,5 @@ def calc_cells(row) -> dict[str, str]:
         "status": row.status,
         "reason": row.reason or "",
         "attempts": str(row.attempts),
+        "extra": list(getattr(row, "extra", []) or []),
     }

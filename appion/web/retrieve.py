@@ -16,7 +16,12 @@ from django.db.models import Count, Max, Min, Q
 
 from appion.base.db import models as m
 from appion.base.db.fields import SeqError, parse_seq
+from appion.base.steps import StepError, get_step
 from appion.web import calc
+
+# Steps whose results this page shows in its own columns and plots; every other registered step's
+# columns (appion.base.steps.Column) are added to the table generically.
+DETAILED_STEPS = ("motion", "ctf")
 
 ALIVE_S = 60.0  # a running loop whose heartbeat is older than this is shown as silent (as `appion status`)
 
@@ -39,6 +44,17 @@ class RunRefs:
     heartbeat: float | None = None
     dashboard: str | None = None
     preset: str | None = None
+    step_runs: tuple[tuple[str, int | None], ...] = ()  # (step, the step's own run id) of the loop run
+
+
+@dataclass(frozen=True)
+class StepColumn:
+    """A column a registered step adds to the session table."""
+
+    key: str
+    label: str
+    step: str
+    column: object  # appion.base.steps.Column
 
 
 @dataclass
@@ -58,6 +74,7 @@ class ExposureRow:
     score: float | None = None
     status: str = calc.NEW
     reason: str | None = None
+    extra: list = field(default_factory=list)  # text of the registered steps' columns (StepColumn order)
     attempts: int = 0
     arrived: float | None = None
     finished: float | None = None
@@ -183,8 +200,11 @@ def retrieve_run_refs(session_id: int, looprun_id: int | None = None) -> RunRefs
     """
     loop_qs = m.ApLoopRunData.objects.filter(session_id=session_id)
     loop = (loop_qs.filter(id=looprun_id) if looprun_id else loop_qs).order_by("-id").first()
-    ddstackrun_id = loop.ddstackrun_id if loop else None
-    acerun_id = loop.acerun_id if loop else None
+    step_runs = (tuple(m.ApLoopStepRunData.objects.filter(looprun_id=loop.id).order_by("id")
+                       .values_list("step", "run_id")) if loop else ())
+    found = dict(step_runs)
+    ddstackrun_id = found.get("motion") or (loop.ddstackrun_id if loop else None)
+    acerun_id = found.get("ctf") or (loop.acerun_id if loop else None)
     if ddstackrun_id is None:
         ddstackrun_id = (m.ApDDStackRunData.objects.filter(session_id=session_id).order_by("-id")
                          .values_list("id", flat=True).first())
@@ -202,7 +222,31 @@ def retrieve_run_refs(session_id: int, looprun_id: int | None = None) -> RunRefs
                    hostname=loop.hostname if loop else None, started=loop.started if loop else None,
                    heartbeat=loop.heartbeat if loop else None,
                    dashboard=(getattr(loop, "dashboard", None) or calc_dashboard(loop.params)) if loop else None,
-                   preset=calc_preset(loop.params) if loop else None)
+                   preset=calc_preset(loop.params) if loop else None, step_runs=step_runs)
+
+
+def calc_step_columns(refs: RunRefs) -> list[StepColumn]:
+    """The table columns of the run's registered steps other than those shown in detail here."""
+    out = []
+    for step_name, _ in refs.step_runs:
+        if step_name in DETAILED_STEPS:
+            continue
+        try:
+            step = get_step(step_name)
+        except StepError:  # the step's package is not installed where the viewer runs
+            continue
+        out.extend(StepColumn(f"{step_name}.{c.key}", f"{c.label}", step_name, c) for c in step.columns)
+    return out
+
+
+def _fill_step_columns(by_id: dict[int, ExposureRow], refs: RunRefs) -> None:
+    run_ids = dict(refs.step_runs)
+    columns = calc_step_columns(refs)
+    values = [sc.column.read(run_ids[sc.step], list(by_id)) if run_ids.get(sc.step) is not None else {}
+              for sc in columns]
+    for image_id, row in by_id.items():
+        row.extra = [sc.column.format(v.get(image_id)) if v.get(image_id) is not None else "–"
+                     for sc, v in zip(columns, values)]
 
 
 def retrieve_session_summary(session_id: int, refs: RunRefs, now: float | None = None) -> SessionSummary:
@@ -273,6 +317,8 @@ def retrieve_exposure_rows(session_id: int, head: list[tuple[int, str]], refs: R
         _fill_motion(by_id, to_source, refs, with_details)
     if refs.acerun_id:
         _fill_ctf(session_id, by_id, to_source, refs)
+    if refs.step_runs:
+        _fill_step_columns(by_id, refs)
     if refs.looprun_id:
         _fill_loop(by_id, refs, with_details)
     else:

@@ -80,6 +80,7 @@ def _session_payload(session_id: int, run_id: int | None, page_param: str | None
     row_items = [_row_item(r, run_q) for r in rows]
     return {"refs": refs, "summary": summary, "summary_items": _summary_items(summary, now),
             "loop": _loop_items(refs, now), "rows": row_items, "page": page, "n_pages": n_pages,
+            "step_columns": retrieve.calc_step_columns(refs),
             "run_id": run_q, "now": now}
 
 

@@ -5,11 +5,10 @@ import math
 
 import pytest
 
-from appion.loop import cluster
-
 from appion.loop import calc as loopcalc
-
-from appion.loop import tasks as looptasks
+from appion.loop import cluster
+from appion.motioncorrection.calc import rows as motionrows
+from appion.motioncorrection.records import MotionSettings
 
 
 def test_task_key_is_deterministic_and_distinguishes_work():
@@ -21,10 +20,10 @@ def test_task_key_is_deterministic_and_distinguishes_work():
 
 def test_params_hash_ignores_key_order_and_threads():
     assert loopcalc.calc_params_hash({"a": 1, "b": 2}) == loopcalc.calc_params_hash({"b": 2, "a": 1})
-    m1 = looptasks.MotionSettings(threads=1).hashed()
-    m2 = looptasks.MotionSettings(threads=8, noop_seconds=3).hashed()
+    m1 = MotionSettings(threads=1).hashed()
+    m2 = MotionSettings(threads=8, executable="/opt/x").hashed()
     assert loopcalc.calc_params_hash(m1) == loopcalc.calc_params_hash(m2)
-    assert loopcalc.calc_params_hash(m1) != loopcalc.calc_params_hash(looptasks.MotionSettings(bin=2).hashed())
+    assert loopcalc.calc_params_hash(m1) != loopcalc.calc_params_hash(MotionSettings(bin=2).hashed())
 
 
 def test_backoff_doubles_and_is_capped():
@@ -41,8 +40,8 @@ def test_classic_tilt_filter(tilt, angle, skip):
 
 
 def test_aligned_filenames_follow_classic_naming():
-    assert loopcalc.calc_aligned_filenames("s_00001en", "a", True) == ("s_00001en-a", "s_00001en-a-DW")
-    assert loopcalc.calc_aligned_filenames("s_00001en", "b", False) == ("s_00001en-b", None)
+    assert motionrows.calc_aligned_filenames("s_00001en", "a", True) == ("s_00001en-a", "s_00001en-a-DW")
+    assert motionrows.calc_aligned_filenames("s_00001en", "b", False) == ("s_00001en-b", None)
 
 
 def test_log_positions_round_trip_to_trajectory_and_stats():
@@ -51,12 +50,12 @@ def test_log_positions_round_trip_to_trajectory_and_stats():
             "......Add Frame #001 with xy shift: 1.00000 -0.50000\n"
             "......Add Frame #002 with xy shift: 0.00000 0.00000\n"
             "......Add Frame #003 with xy shift: -3.00000 4.00000\n")
-    pos = loopcalc.parse_st_log_positions(text)
+    pos = motionrows.parse_st_log_positions(text)
     assert pos == ((2.0, -1.0), (1.0, -0.5), (0.0, 0.0), (-3.0, 4.0))
-    traj = loopcalc.calc_trajectory_fields(pos, limit=3)
+    traj = motionrows.calc_trajectory_fields(pos, limit=3)
     assert traj["pos_x"] == [2.0, 1.0, 0.0] and traj["pos_y"] == [-1.0, -0.5, 0.0]
     assert (traj["last_x"], traj["last_y"], traj["number_of_positions"], traj["reference_index"]) == (-3.0, 4.0, 4, 2)
-    stats = loopcalc.calc_align_stats_fields(pos, 1.5)
+    stats = motionrows.calc_align_stats_fields(pos, 1.5)
     steps = [math.hypot(1, 0.5), math.hypot(1, 0.5), 5.0]
     assert stats["top_shift1_value"] == pytest.approx(5.0) and stats["top_shift1_index"] == 2
     assert stats["top_shift2_value"] == pytest.approx(steps[0])

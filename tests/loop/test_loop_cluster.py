@@ -1,7 +1,7 @@
 """What the loop records about its cluster, and the environment its workers run in.
 
-The dashboard test runs `appion loop` with the noop engines (no compute: the cluster and the
-bookkeeping are what is tested); the worker test starts a real one-worker LocalCluster.
+The dashboard test runs `appion loop` with the test-only noop engines (tests/plugins, on PYTHONPATH: no
+compute, nothing stored; the cluster and the bookkeeping are what is tested); the worker test starts a real one-worker LocalCluster.
 """
 from __future__ import annotations
 
@@ -9,16 +9,21 @@ import importlib.util
 import os
 import re
 
+from pathlib import Path
+
 import dask
 
 from appion.loop import cluster
 from tests.loop.loophelpers import Db, copy_movies, finish, import_session, start_loop
+
+PLUGINS = Path(__file__).resolve().parents[1] / "plugins"  # the test-only noop engines
 
 
 def test_loop_records_the_dashboard_it_printed(home_env, sim_frames, tmp_path):
     """The dashboard address the loop announces is stored on its ApLoopRunData row (the session page links it):
     the scheduler's URL when the dashboard runs (bokeh installed), else the reason there is none."""
     home, env = home_env
+    env = {**env, "PYTHONPATH": os.pathsep.join(filter(None, [str(PLUGINS), env.get("PYTHONPATH")]))}
     frames = copy_movies(sim_frames, tmp_path / "frames", ["lp_00001", "lp_00002"])
     import_session(env, "db", frames)
     log = tmp_path / "loop.log"
@@ -33,6 +38,9 @@ def test_loop_records_the_dashboard_it_printed(home_env, sim_frames, tmp_path):
     else:
         assert address.startswith("unavailable"), address
     assert Db(home).rows("SELECT runname, dashboard FROM ApLoopRunData") == [("loop1", address)]
+    # test-only engines never write the classic result tables
+    assert Db(home).count("ApDDAlignImagePairData") == 0 and Db(home).count("ApCtfData") == 0
+    assert Db(home).count("ApDDStackRunData") == 0 and Db(home).count("ApAceRunData") == 0
 
 
 def test_local_workers_run_blas_single_threaded():

@@ -1,0 +1,1 @@
+"""Test-only plugins for appion (see ../README.md)."""
