@@ -154,7 +154,9 @@ class Step:
     store: Lazy `(record, StepRun, StepInput) -> output` run in the loop process (database, idempotent).
     done: Lazy `(StepRun, exposure_ids, inputs) -> {exposure_id: output}`: what this run already stored.
     store_run: Lazy `(StepRun) -> run_id` creating the step's run row (classic tables where they exist).
-    output: what downstream steps receive in `StepInput.upstream[name]` (from `store` or `done`).
+    output: what downstream steps receive in `StepInput.upstream[name]` (from `store` or `done`).  An output
+      with a true `rejected` attribute (the reason, text) turns the exposure down: the steps after it are
+      not run for that exposure, and the reason is recorded.
     depends_on: steps that must complete for an exposure before this one runs (their order decides the
       loop's order).  optional_upstream: steps whose output is used when they are part of the run.
     rundir_kind: the classic run folder kind (<appion_base>/<session>/<kind>/<runname>).

@@ -266,6 +266,14 @@ class Loop:
             for n in self.order:
                 if states[n] != WAITING:
                     continue
+                rejected = [(u, self.outputs[(image_id, u)].rejected) for u in self.upstream[n]
+                            if states[u] == COMPLETED and getattr(self.outputs.get((image_id, u)), "rejected", None)]
+                if rejected:  # a curation step turned the exposure down: later steps skip it
+                    states[n] = CANCELLED
+                    self._record_not_run(image_id, n, "not run: " + "; ".join(f"rejected by {u}: {why}"
+                                                                            for u, why in rejected))
+                    changed = True
+                    continue
                 reasons = {u: self.reasons.get((image_id, u)) for u in self.upstream[n]}
                 decision = calc_decision(self.conditions[n], {u: states[u] for u in self.upstream[n]}, reasons)
                 if decision.action == "run":
