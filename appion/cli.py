@@ -22,7 +22,7 @@ from appion.base.entry import is_configuration_error, is_database_error, needs_d
 # build is skipped.
 SUBSYSTEMS = ("appion.base.db.cli", "appion.base.session.cli", "appion.base.simulate.cli",
               "appion.motioncorrection.cli", "appion.ctfestimation.cli", "appion.refine.cli", "appion.loop.cli",
-              "appion.workflow.cli", "appion.web")
+              "appion.workflow.cli", "appion.web", "appion.export.cli", "appion.notify.cli")
 
 # Kept for callers of the former private names.
 _take_config = take_config
