@@ -199,6 +199,14 @@ class Step:
         return self.settings_type()
 
 
+def calc_hashed_settings(settings, unhashed: tuple[str, ...]) -> dict:
+    """A settings dataclass as a dict without the fields that do not change results (threads, program paths)."""
+    d = dataclasses.asdict(settings)
+    for k in unhashed:
+        d.pop(k, None)
+    return d
+
+
 # ---------------------------------------------------------------- the registry
 
 _cache: dict[str, Step] | None = None

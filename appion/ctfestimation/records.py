@@ -4,8 +4,9 @@ Pure dataclasses (no numpy, no Django): they travel between the loop process and
 """
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
+
+from appion.base.steps import calc_hashed_settings
 
 
 @dataclass(frozen=True)
@@ -34,10 +35,7 @@ class CtfSettings:
     threads: int = 1
 
     def hashed(self) -> dict:
-        d = dataclasses.asdict(self)
-        for k in ("threads", "executable"):
-            d.pop(k)
-        return d
+        return calc_hashed_settings(self, ("threads", "executable"))
 
 
 @dataclass(frozen=True)
