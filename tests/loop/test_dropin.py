@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from appion.loop import dropin
+from appion.loop.dropin import ctffind4, makeddalign
+from appion.loop.dropin import run as dropin_run
 from tests.loop.loophelpers import Db, copy_movies, import_session
 
 STANDINS = Path(__file__).resolve().parents[1] / "standins"
@@ -138,15 +139,20 @@ def test_rejects_and_tilt_filters(home_env, sim_frames, tmp_path):
 
 
 def test_classic_option_parsing():
-    """Unique prefixes work, ambiguous ones fail, and the run name must match the run directory."""
-    p = dropin.calc_makeddalign_parser()
+    """Unique prefixes work (several spellings of one option are one option), ambiguous ones fail, and the run
+    name must match the run directory and be a plain name."""
+    from appion.base.names import BadNameError
+
+    p = makeddalign.calc_parser()
     args = p.parse_args(["-s", "x", "--runn", "r1", "--Patchc", "5", "--Patchr", "5", "--Bft_g", "300", "--dosew"])
     assert (args.runname, args.Patchcols, args.Patchrows, args.Bft_global, args.doseweight) == ("r1", 5, 5, 300.0, True)
+    assert p.parse_args(["--sess", "y", "-n", "r"]).sessionname == "y"  # --session / --sessionname: one option
     with pytest.raises(SystemExit):
         p.parse_args(["-s", "x", "--Patch", "5"])  # ambiguous: --Patchrows / --Patchcols
-    args = p.parse_args(["-s", "x", "-n", "run1", "-R", "/data/run2"])
-    with pytest.raises(SystemExit):
-        dropin._check_runname(args)
-    args = dropin.calc_ctf_parser("ctffind4.py", ("builtin", "ctffind4"), 15.0, 0.1, 100.0).parse_args(
-        ["-s", "x", "-n", "c1", "--no-cont", "--no-wa", "--ampc", "0.1"])
+    with pytest.raises(BadNameError, match="last component of --rundir"):
+        dropin_run.calc_run_names(p.parse_args(["-s", "x", "-n", "run1", "-R", "/data/run2"]))
+    with pytest.raises(BadNameError, match="--runname '../up' is not a plain name"):
+        dropin_run.calc_run_names(p.parse_args(["-s", "x", "-n", "../up"]))
+    assert dropin_run.calc_run_names(p.parse_args(["-s", "x", "-R", "/elsewhere/r7"])) == ("r7", "/elsewhere/r7")
+    args = ctffind4.calc_parser().parse_args(["-s", "x", "-n", "c1", "--no-cont", "--no-wa", "--ampc", "0.1"])
     assert (args.continue_run, args.wait, args.ampcontrast, args.resmax, args.defstep) == (False, False, 0.1, 15.0, 0.1)

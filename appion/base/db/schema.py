@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from django.apps import apps
-from django.db import connections
+from django.db import DatabaseError, connections
 
 from appion.base.db.router import alias_for
 
@@ -34,15 +34,18 @@ def expected_columns(model) -> list[str]:
     return [f.column for f in model._meta.concrete_fields]
 
 
-def calc_schema_report() -> SchemaReport:
+def calc_schema_report(alias: str | None = None) -> SchemaReport:
+    """Missing tables and columns per database alias (alias: only that one)."""
     report = SchemaReport()
     by_alias: dict[str, list] = {}
     for model in all_models():
         by_alias.setdefault(alias_for(model), []).append(model)
-    for alias, models in by_alias.items():
-        conn = connections[alias]
+    for name, models in by_alias.items():
+        if alias is not None and name != alias:
+            continue
+        conn = connections[name]
         if not conn.settings_dict["NAME"]:
-            report.unnamed_aliases.append(alias)
+            report.unnamed_aliases.append(name)
             continue
         with conn.cursor() as cur:
             tables = set(conn.introspection.table_names(cur))
@@ -56,20 +59,28 @@ def calc_schema_report() -> SchemaReport:
                 lacking = [c for c in expected_columns(model) if c not in have]
                 if lacking:
                     report.missing_columns[table] = lacking
-            report.missing_tables[alias] = missing
+            report.missing_tables[name] = missing
     return report
 
 
-def create_missing_tables() -> list[str]:
-    """CREATE TABLE for every model whose table does not exist; returns the tables created."""
+def create_missing_tables(alias: str | None = None) -> list[str]:
+    """CREATE TABLE for every model whose table does not exist (alias: only that database's models); returns
+    the tables created.  A table another process created meanwhile is left as it is."""
     created = []
-    report = calc_schema_report()
-    missing = {(alias, t) for alias, ts in report.missing_tables.items() for t in ts}
+    report = calc_schema_report(alias)
+    missing = {(name, t) for name, ts in report.missing_tables.items() for t in ts}
     for model in all_models():
-        if (alias_for(model), model._meta.db_table) not in missing:
+        name = alias_for(model)
+        if (name, model._meta.db_table) not in missing:
             continue
-        conn = connections[alias_for(model)]
-        with conn.schema_editor() as editor:
-            editor.create_model(model)
+        conn = connections[name]
+        try:
+            with conn.schema_editor() as editor:
+                editor.create_model(model)
+        except DatabaseError:
+            with conn.cursor() as cur:
+                if model._meta.db_table not in conn.introspection.table_names(cur):
+                    raise
+            continue  # created by another process between the check and ours
         created.append(model._meta.db_table)
     return created

@@ -1,6 +1,7 @@
 """Build Django settings from appion's config and start Django (once per process)."""
 from __future__ import annotations
 
+import re
 import threading
 from pathlib import Path
 
@@ -101,6 +102,9 @@ def use_appion_database(project_id: int | None = None, name: str | None = None) 
     name wins; else the project's processingdb row; else the configured [database] appion.
     With SQLite this is a no-op (one file).  Returns the database name in use.  The switch is
     process-wide (the shared settings and this thread's open connection), as classic's is.
+    As sinedon does, the database gets its missing appion tables on first use (created once per
+    database per process; existing tables are never altered), and a database that does not exist
+    yet is created.
     """
     from django.db import connections
 
@@ -120,8 +124,51 @@ def use_appion_database(project_id: int | None = None, name: str | None = None) 
             raise ConfigError("no appion database configured: give a project id (classic -p/--projectid) "
                               "or set [database] appion in the config")
         name = config.appion.name
-    conn = connections[APPION]
-    if conn.settings_dict["NAME"] != name:
-        conn.close()
-        conn.settings_dict["NAME"] = name  # the same dict as settings.DATABASES['appion']
+    with _lock:
+        conn = connections[APPION]
+        if conn.settings_dict["NAME"] != name:
+            conn.close()
+            conn.settings_dict["NAME"] = name  # the same dict as settings.DATABASES['appion']
+        if name not in _tables_ready:
+            _prepare_appion_database(name)
+            _tables_ready.add(name)
     return name
+
+
+_tables_ready: set[str] = set()  # appion databases whose tables this process has checked (and created)
+_DB_NAME = re.compile(r"[A-Za-z0-9_$]{1,64}")
+_UNKNOWN_DATABASE = 1049  # MySQL/MariaDB error number
+
+
+def _prepare_appion_database(name: str) -> None:
+    """Create the database if the server does not know it, then its missing appion tables."""
+    from django.db import OperationalError, connections
+
+    from appion.base.db.schema import create_missing_tables
+
+    conn = connections[APPION]
+    try:
+        conn.ensure_connection()
+    except OperationalError as exc:
+        if not exc.args or exc.args[0] != _UNKNOWN_DATABASE:
+            raise
+        _create_database(name)
+    create_missing_tables(APPION)
+
+
+def _create_database(name: str) -> None:
+    """CREATE DATABASE on the appion alias's server (the name comes from a processingdb row or the config)."""
+    from django.db import connections
+
+    if not _DB_NAME.fullmatch(name):
+        raise ConfigError(f"appion database name {name!r} is not a plain MySQL database name "
+                          "(letters, digits, '_', '$'; at most 64 characters)")
+    conn = connections[APPION]
+    conn.close()
+    conn.settings_dict["NAME"] = ""  # connect to the server without a database
+    try:
+        with conn.cursor() as cur:
+            cur.execute(f"CREATE DATABASE IF NOT EXISTS `{name}` CHARACTER SET utf8mb4")
+    finally:
+        conn.close()
+        conn.settings_dict["NAME"] = name
