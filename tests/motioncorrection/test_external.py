@@ -20,6 +20,7 @@ import mrcfile
 import numpy as np
 import pytest
 import starfile
+import tifffile
 
 from appion.base.simulate.calc import MovieParams, calc_movie
 from appion.base.simulate.store import write_movie_tiff, write_mrc
@@ -284,6 +285,43 @@ def test_wrongly_oriented_gain_fails_with_the_programs_message(tmp_path, standin
     write_mrc(gain_path, truth["gain_on_disk"], 1.0)
     with pytest.raises(MotionCorError, match="does not match"):
         run_motioncor2(STANDIN, movie_path, tmp_path / "o.mrc", MotionCor2Params(1.0, gain_path=str(gain_path)), 120)
+
+
+def _gain_corrected_spread(tmp_path, name, movie_path, gain_path, rotate) -> float:
+    """Relative spread of the stand-in's sum for one gain file and -RotGain (flat when the gain fits)."""
+    out = run_motioncor2(STANDIN, movie_path, tmp_path / name / "o.mrc",
+                         MotionCor2Params(1.0, gain_path=str(gain_path), gain_rotate=rotate, n_iter=1), 120)
+    image = mrcfile.read(out.aligned_mrc_path)
+    return float(np.std(image) / np.mean(image))
+
+
+@pytest.mark.parametrize("kind", ["mrc", "tiff"])
+def test_standin_orients_the_gain_as_motioncor2_does(tmp_path, standin_env, kind):
+    """-RotGain 1 turns the gain 90° clockwise as numpy shows it (np.rot90(gain, -1); MotionCor3's
+    G90Rotate2D, RELION's "clockwise in relion_display ... same as -RotGain in MotionCor2"), and the
+    gain multiplies the frames as MotionCor holds them: a TIFF movie upside down relative to tifffile.
+    A gain that fits flattens the sum; the same gain turned the other way (same shape) does not."""
+    set_version, _ = standin_env
+    set_version("MotionCor2 version 1.6.4")
+    frames, truth = calc_movie(MovieParams(shape=(64, 96), n_frames=4, dose_per_frame_e_per_A2=40.0,
+                                           drift_total_px=0.0, gain_sigma=0.3, seed=8))
+    movie_path = tmp_path / ("m.mrc" if kind == "mrc" else "m.tif")
+    if kind == "mrc":
+        write_mrc(movie_path, frames.astype(np.uint16), 1.0)
+        gain_as_read = truth["gain"]  # MRC rows as stored
+    else:
+        write_movie_tiff(movie_path, frames)
+        gain_as_read = truth["gain"][::-1, :]  # MotionCor holds the TIFF frames bottom-up
+    fits, turned_wrong = tmp_path / "fits.mrc", tmp_path / "wrong.mrc"
+    write_mrc(fits, np.ascontiguousarray(np.rot90(gain_as_read, 1)), 1.0)  # -RotGain 1 undoes this
+    write_mrc(turned_wrong, np.ascontiguousarray(np.rot90(gain_as_read, -1)), 1.0)
+    good = _gain_corrected_spread(tmp_path, "fits", movie_path, fits, 1)
+    bad = _gain_corrected_spread(tmp_path, "wrong", movie_path, turned_wrong, 1)
+    assert good < 0.75 * bad
+    if kind == "tiff":  # a TIFF gain file is read bottom-up too, like the movie
+        tiff_gain = tmp_path / "gain.tif"
+        tifffile.imwrite(tiff_gain, np.ascontiguousarray(np.rot90(truth["gain"][::-1, :], 1)[::-1, :]))
+        assert _gain_corrected_spread(tmp_path, "tiffgain", movie_path, tiff_gain, 1) == pytest.approx(good, rel=1e-3)
 
 
 # --------------------------------------------------------------------------- shifts

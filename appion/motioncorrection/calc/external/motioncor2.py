@@ -105,13 +105,52 @@ class MotionCor2Params:
 
 @dataclass(frozen=True)
 class MotionCorOutput:
-    """Files written by one MotionCor run and the full-frame shifts it printed."""
+    """Files written by one MotionCor run and the full-frame shifts it printed.
+
+    shifts_px is exactly what MotionCor printed (its sign, its orientation of the movie, its
+    reference frame = 0); displacement_px is the same trajectory as appion states it (see
+    calc_displacement_from_motioncor_shifts): specimen displacement in the numpy axes of the
+    movie as mrcfile/tifffile read it, first summed frame = (0, 0).  For TIFF input the aligned
+    sums are written in MotionCor's orientation, i.e. upside down relative to tifffile's array.
+    """
 
     aligned_mrc_path: Path
     dose_weighted_mrc_path: Path | None
     log_path: Path
     shifts_px: np.ndarray  # (n_frames, 2) [x, y], MotionCor's "correction" sign, reference frame = 0
     version: MotionCorVersion
+    movie_kind: str = "mrc"
+
+    @property
+    def displacement_px(self) -> np.ndarray:
+        return calc_displacement_from_motioncor_shifts(self.shifts_px, self.movie_kind)
+
+
+# The y axis of MotionCor's reading of each movie format relative to mrcfile/tifffile's numpy axis 0:
+# MRC rows in file order; TIFF pages bottom-up (the first stored row becomes the last y); EER rows in
+# stream order.  Sources: docs/conventions.md, "MotionCor2 orientation".
+MOTIONCOR_Y_FLIPPED_FORMATS = ("tiff",)
+
+
+def calc_displacement_from_motioncor_shifts(shifts_px: np.ndarray, movie_kind: str) -> np.ndarray:
+    """Specimen displacement d_i - d_first (n, 2) [x, y] from MotionCor's printed full-frame shifts.
+
+    MotionCor prints the correction applied to each frame (-d, relative to its reference frame)
+    in its own reading of the movie; RELION copies these numbers unchanged into
+    _rlnMicrographShiftX/Y (relion_run_motioncorr's getShiftsMotioncor2).  MotionCor reads TIFF
+    rows bottom-up, so for TIFF movies its y axis is tifffile's reversed and the y sign flips
+    back; MRC and EER are read in file order.  Frame 0 of the result is (0, 0).
+    """
+    kind = movie_kind.lower()
+    if kind not in ("mrc", "tiff", "eer"):
+        raise ValueError(f"unknown movie kind {movie_kind!r} (expected mrc, tiff or eer)")
+    s = np.asarray(shifts_px, dtype=np.float64).reshape(-1, 2)
+    if len(s) == 0:
+        raise ValueError("no shifts")
+    d = -(s - s[0])
+    if kind in MOTIONCOR_Y_FLIPPED_FORMATS:
+        d[:, 1] = -d[:, 1]
+    return d + 0.0  # + 0.0 turns -0.0 into 0.0
 
 
 def calc_uses_fmintfile(movie_path, params: MotionCor2Params) -> bool:
@@ -417,4 +456,5 @@ def run_motioncor2(executable: str, movie_path, out_mrc_path, params: MotionCor2
     finally:
         shutil.rmtree(work, ignore_errors=True)
     dw = out.with_name(out.stem + "_DW.mrc")
-    return MotionCorOutput(out, dw if dw.is_file() else None, log_path, shifts, version)
+    return MotionCorOutput(out, dw if dw.is_file() else None, log_path, shifts, version,
+                           calc_movie_kind(movie_path))

@@ -162,7 +162,11 @@ def calc_displacement_from_relion_shifts(shifts_px: np.ndarray, movie_kind: str)
     """Specimen displacement d_i - d_first (numpy axes of the movie as mrcfile/tifffile read it).
 
     RELION's shift is the correction (-d).  RELION reads TIFF pages upside down compared with
-    tifffile, so for TIFF movies its y axis points the other way (measured, RELION 3.1.3).
+    tifffile, so for TIFF movies its y axis points the other way (measured, RELION 3.1.3; its
+    src/rwTIFF.h flips Y on reading, following MotionCor2).  EER is rendered in stream order
+    (src/renderEER.cpp: y = position / width), not flipped.  When RELION drives MotionCor2 it copies
+    MotionCor2's printed shifts unchanged, which are in the same orientation
+    (calc_displacement_from_motioncor_shifts gives the same answer).
     """
     d = -np.asarray(shifts_px, dtype=np.float64)
     if movie_kind == "tiff":
