@@ -313,8 +313,13 @@ def test_gain_size_mismatch_lists_orientations(tmp_path):
 
 def test_eer_super_resolution_gain(tmp_path):
     gain = np.random.default_rng(0).uniform(0.5, 1.5, (48, 64)).astype(np.float32)
-    up = mv.calc_gain_for_frames(gain, (96, 128), 0, 0, "gain.mrc")
+    up = mv.calc_gain_for_frames(gain, (96, 128), 0, 0, "gain.mrc", eer_sampling=2)
     np.testing.assert_array_equal(up, np.kron(gain, np.ones((2, 2), np.float32)))
+    # Upsampling is only for EER rendered at super-resolution: TIFF/MRC frames 2x the gain are refused, and so is a
+    # factor that is not the EER sampling.
+    for sampling in (1, 4):
+        with pytest.raises(mv.GainMismatchError, match=r"frames are 96x128 \(y x\), gain on disk is 48x64"):
+            mv.calc_gain_for_frames(gain, (96, 128), 0, 0, "gain.mrc", eer_sampling=sampling)
     with pytest.raises(mv.GainMismatchError, match="2x larger than the frames: a super-resolution gain"):
         mv.calc_gain_for_frames(np.ones((96, 128), np.float32), (48, 64), 0, 0, "gain.mrc")
 

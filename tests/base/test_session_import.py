@@ -100,11 +100,13 @@ def test_epu_xml_next_to_movie(db, tmp_path):
     frames = tmp_path / "frames"
     frames.mkdir()
     stem = "FoilHole_9028219_Data_9017354_50_20250109_062624"
-    frames_arr, _ = calc_movie(replace(SMALL, gain_sigma=0.0))
+    # The XML says 50 fractions: a movie holding 50 frames is registered (the frame count matches its metadata).
+    frames_arr, _ = calc_movie(replace(SMALL, gain_sigma=0.0, shape=(64, 64), n_frames=50))
     write_movie_tiff(frames / f"{stem}_fractions.tiff", frames_arr)
     shutil.copy(SHARED / "fixtures" / "epu" / f"{stem}.xml", frames / f"{stem}.xml")
     assert _import(frames, name="epu", apix="2.0") == 0
     _, images = _exposures("epu")
+    assert m.CameraEMData.objects.get(id=images[0].camera_id).nframes == 50
     assert len(images) == 1 and images[0].filename == f"{stem}_fractions"
     preset = m.PresetData.objects.get(id=images[0].preset_id)
     cal = m.PixelSizeCalibrationData.objects.filter(magnification=preset.magnification).order_by("-id").first()
@@ -195,8 +197,9 @@ def test_watch_registers_new_and_never_half_written(fresh_home, tmp_path):
         out, err = proc.communicate(timeout=30)
     assert proc.returncode == 0, err
     assert "registered" in out and "stopped watching; 4 exposures registered" in out
-    reports = [line for line in err.splitlines() if line.startswith("skipped") and "w_00009en.frames.mrc" in line]
+    reports = [line for line in err.splitlines() if line.startswith("refused") and "w_00009en.frames.mrc" in line]
     assert len(reports) == 1, err  # reported once although stable for many passes
+    assert "unreadable MRC header" in reports[0]
     assert "Traceback" not in err
 
 
@@ -272,31 +275,46 @@ def test_a_stop_request_ends_a_pass_between_movies(db, tmp_path):
                               pixel_size_A=1.0, voltage_kV=300, cs_mm=2.7, dose_e_per_A2=9)
     session = store_session(settings)
     calls = []
-    new, skipped, errors = import_pass(session, settings, find_movie_files(settings.frames_dir), set(),
-                                       stop=lambda: calls.append(1) or len(calls) > 1)
-    assert (new, skipped, errors) == (1, 0, [])
+    result = import_pass(session, settings, find_movie_files(settings.frames_dir), set(),
+                         stop=lambda: calls.append(1) or len(calls) > 1)
+    assert (result.new, result.known, result.refused, result.waiting) == (1, 0, [], [])
     assert [i.filename for i in _exposures("stop")[1]] == ["stop_00001en"]
     assert m.CameraEMData.objects.count() == 1 and m.ScopeEMData.objects.count() == 1
 
 
-def test_settling_and_retry_rules(tmp_path):
-    """The watcher's scheduling: a file is ready once unchanged for settle_s; a failed one waits for a change
+def test_settling_waiting_and_retry_rules(tmp_path):
+    """The watcher's scheduling: a file is checked once unchanged for settle_s; one that may still be being written
+    is checked again every settle_s and refused once unchanged for max_wait_s; a refused one waits for a change
     (then settles afresh) or for its retry time; files that vanish are forgotten."""
-    from appion.base.session.commands import _find_settled
+    from appion.base.session.watch import calc_after_check, calc_due, calc_watch_times
 
+    times = calc_watch_times(0.5, 2.0, None)
+    assert (times.settle_s, times.max_wait_s, times.retry_s) == (2.0, 20.0, 60.0)
     movie = tmp_path / "r_00001en.frames.tif"
     movie.write_bytes(b"1234")
-    seen, bad = {}, {}
-    assert _find_settled([movie], set(), seen, bad, 2.0, now=0.0) == []
-    assert _find_settled([movie], set(), seen, bad, 2.0, now=1.9) == []
-    assert _find_settled([movie], set(), seen, bad, 2.0, now=2.0) == [movie]
-    assert _find_settled([movie], {"r_00001en"}, seen, bad, 2.0, now=3.0) == []  # already registered
-    st = movie.stat()
-    bad[movie] = (st.st_size, st.st_mtime, 100.0)
-    seen.clear()
-    assert _find_settled([movie], set(), seen, bad, 2.0, now=50.0) == []
-    assert _find_settled([movie], set(), seen, bad, 2.0, now=100.0) == [movie]
+    states = {}
+    assert calc_due([movie], set(), states, times, now=0.0) == []
+    assert calc_due([movie], set(), states, times, now=1.9) == []
+    assert calc_due([movie], set(), states, times, now=2.0) == [movie]
+    assert calc_due([movie], {"r_00001en"}, states, times, now=3.0) == [] and not states  # already registered
+    assert calc_due([movie], set(), states, times, now=10.0) == []  # seen afresh
+    # checked at 12: may still be being written -> checked again at 14, ..., refused once unchanged for 20 s
+    state = states[movie]
+    assert calc_after_check(state, "frame count mismatch", None, times, now=12.0) is None
+    assert calc_due([movie], set(), states, times, now=13.9) == []
+    assert calc_due([movie], set(), states, times, now=14.0) == [movie]
+    assert calc_after_check(state, "frame count mismatch", None, times, now=29.0) is None
+    assert state.next_check == 30.0  # not past the max wait
+    reason = calc_after_check(state, "frame count mismatch", None, times, now=30.0)
+    assert reason.startswith("frame count mismatch; unchanged for more than 20 s")
+    assert calc_due([movie], set(), states, times, now=89.0) == []
+    assert calc_due([movie], set(), states, times, now=90.0) == [movie]  # retried after retry_s
+    assert calc_after_check(state, None, "unreadable header", times, now=90.0) == "unreadable header"
     movie.write_bytes(b"123456")  # changed: settles again from now
-    assert _find_settled([movie], set(), seen, bad, 2.0, now=101.0) == []
-    assert _find_settled([movie], set(), seen, bad, 2.0, now=103.0) == [movie]
-    assert _find_settled([], set(), seen, bad, 2.0, now=104.0) == [] and not seen and not bad
+    assert calc_due([movie], set(), states, times, now=91.0) == []
+    assert calc_due([movie], set(), states, times, now=93.0) == [movie]
+    assert calc_due([], set(), states, times, now=94.0) == [] and not states
+    with pytest.raises(ValueError, match="--max-wait"):
+        calc_watch_times(0.5, 10.0, 5.0)
+    with pytest.raises(ValueError, match="--settle"):
+        calc_watch_times(0.5, float("nan"), None)

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import logging
 import os
+import re
+from dataclasses import dataclass
 from pathlib import Path
 
 from appion.base.io import movies
@@ -10,20 +12,36 @@ from appion.base.db import models as m
 from appion.base.io.metadata import ExposureMetadata, MetadataError, calc_sidecar_names, parse_epu_xml, parse_mdoc
 
 MOVIE_SUFFIXES = (".tif", ".tiff", ".mrc", ".mrcs", ".eer")
+# Gain, dark and defect references that sit among the movies are not exposures: SerialEM's CountRef_/SuperRef_
+# files, EPU/Falcon gain files, Leginon-style norm/dark images (a token of the name, e.g. `gain.mrc`,
+# `K3_gain_ref.tif`, `20250108_dark.mrc`).  Leginon's own movies (`<name>.frames.<ext>`) are never references.
+REFERENCE_NAME = re.compile(r"(^|[._-])(gain|norm|dark|bright|defects?|countref|countcdsref|superref|superresref)"
+                            r"([._-]|$)", re.IGNORECASE)
 log = logging.getLogger("appion.session")
 
 
+def is_reference_name(name: str) -> bool:
+    """True for a file name that marks a gain/dark/defect reference rather than a movie (see REFERENCE_NAME)."""
+    if ".frames." in name:
+        return False
+    return REFERENCE_NAME.search(name) is not None
+
+
 def find_movie_files(frames_dir: Path, exclude: set[Path] = frozenset()) -> list[Path]:
-    """Movie files in acquisition order (modification time, then name); hidden/partial files skipped."""
+    """Movie files in acquisition order (modification time, then name).
+
+    Skipped: hidden/partial files, other suffixes, the paths in `exclude` (e.g. the --gain file) and files named
+    like references (is_reference_name).
+    """
     found = []
     with os.scandir(frames_dir) as it:
         for entry in it:
             name = entry.name
-            if name.startswith(".") or not entry.is_file() or not name.lower().endswith(MOVIE_SUFFIXES):
+            if name.startswith(".") or not name.lower().endswith(MOVIE_SUFFIXES) or is_reference_name(name):
                 continue
             path = Path(entry.path)
             try:
-                if path.resolve() in exclude:
+                if not entry.is_file() or path.resolve() in exclude:
                     continue
                 found.append((entry.stat().st_mtime, name, path))
             except FileNotFoundError:  # removed or renamed while listing
@@ -35,7 +53,7 @@ def read_sidecar_metadata(movie_path: Path) -> ExposureMetadata:
     """SerialEM .mdoc or EPU .xml found next to the movie (an empty record when there is none).
 
     A sidecar that cannot be read or parsed is reported (logged with its name) and ignored, so
-    the movie still imports with the flags' values rather than being skipped.
+    the movie still imports with the flags' values rather than being skipped.  `source` is the sidecar's path.
     """
     for name in calc_sidecar_names(movie_path.name):
         side = movie_path.with_name(name)
@@ -53,14 +71,22 @@ def read_sidecar_metadata(movie_path: Path) -> ExposureMetadata:
     return ExposureMetadata()
 
 
+def calc_exposure_metadata(header: movies.MovieHeader, sidecar: ExposureMetadata,
+                           flags: ExposureMetadata) -> ExposureMetadata:
+    """The movie's metadata: sidecar values win over flags, the header's pixel size and frame count over both.
+
+    The frame count is the file's own (the caller has checked it against the sidecar's: read_movie_completeness).
+    """
+    meta = flags.overlay(sidecar)
+    if header.pixel_size_A:
+        meta = meta.overlay(ExposureMetadata(pixel_size_A=header.pixel_size_A))
+    return meta.overlay(ExposureMetadata(n_frames=header.n_frames))
+
+
 def read_exposure_metadata(movie_path: Path, flags: ExposureMetadata) -> tuple[movies.MovieHeader, ExposureMetadata]:
     """The movie's header plus its metadata: sidecar files and header values win over flags."""
     header = movies.read_movie_header(movie_path)
-    meta = flags.overlay(read_sidecar_metadata(movie_path))
-    if header.pixel_size_A:
-        meta = meta.overlay(ExposureMetadata(pixel_size_A=header.pixel_size_A))
-    meta = meta.overlay(ExposureMetadata(n_frames=header.n_frames))
-    return header, meta
+    return header, calc_exposure_metadata(header, read_sidecar_metadata(movie_path), flags)
 
 
 def retrieve_session(name: str):
@@ -161,3 +187,49 @@ def retrieve_images_by_filename(session_id: int, filenames: list[str]) -> dict[s
     """filename → newest image id of that name in the session."""
     rows = m.AcquisitionImageData.objects.filter(session_id=session_id, filename__in=filenames).order_by("id")
     return dict(rows.values_list("filename", "id"))
+
+
+# ---- session import: refusals and gain replacement
+@dataclass(frozen=True)
+class ImportRefusal:
+    """A movie `appion session import` did not register: the newest reason, first/last time (Unix seconds), count."""
+
+    path: str
+    reason: str
+    first_seen: float
+    last_seen: float
+    count: int
+
+
+def retrieve_import_refusals(session_id: int) -> list[ImportRefusal]:
+    """The session's movies that import refused and that are still not registered, most recently refused first.
+
+    Reads the appion database (appion.base.db.use_appion_database must have chosen it, as for the loop's rows).
+    """
+    rows = (m.ApImportRefusalData.objects.filter(session_id=session_id).order_by("-last_seen", "-id")
+            .values_list("path", "reason", "first_seen", "last_seen", "count"))
+    return [ImportRefusal(path, reason or "", first or 0.0, last or 0.0, int(count or 0))
+            for path, reason, first, last, count in rows]
+
+
+def retrieve_exposure_gains(session_id: int) -> list[dict]:
+    """Every exposure of the session with what a gain must fit: id, filename, frame size, orientation, EER, gain."""
+    images = list(m.AcquisitionImageData.objects.filter(session_id=session_id).order_by("id")
+                  .values("id", "filename", "camera_id", "norm_id"))
+    cameras = _by_id(m.CameraEMData, (r["camera_id"] for r in images))
+    out = []
+    for row in images:
+        cam = cameras.get(row["camera_id"])
+        out.append({**row, "shape_yx": (cam.dimension_y, cam.dimension_x) if cam else None,
+                    "frame_rotate": int(cam.frame_rotate or 0) if cam else 0,
+                    "frame_flip": int(bool(cam.frame_flip)) if cam else 0,
+                    "eer": bool(cam.eer_frames) if cam else False})
+    return out
+
+
+def retrieve_processed_image_ids(image_ids: list[int]) -> set[int]:
+    """Exposures whose frames were already aligned (an ApDDAlignImagePairData row, classic or from the loop)."""
+    if not image_ids:
+        return set()
+    return set(m.ApDDAlignImagePairData.objects.filter(source_id__in=image_ids)
+               .values_list("source_id", flat=True).distinct())

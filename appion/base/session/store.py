@@ -52,14 +52,30 @@ def store_session(settings: ImportSettings, project_name: str = DEFAULT_PROJECT)
     return session
 
 
+def _calc_file_digest(path: Path) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def store_gain(session, gain_path: Path):
     """NormImageData for the gain reference (one per gain file, shared by every exposure).
 
-    The file is copied into the session's image path, where Leginon keeps its references.
+    The file is copied into the session's image path, where Leginon keeps its references.  A different file
+    of the same name already there (a replacement gain, `appion session set-gain`) is copied under its name with
+    a content digest added, so the gain of exposures already registered never changes underneath them.
     """
     image_dir = Path(session.image_path)
     image_dir.mkdir(parents=True, exist_ok=True)
     target = image_dir / gain_path.name
+    if target.exists() and target.resolve() != gain_path.resolve():
+        digest = _calc_file_digest(gain_path)
+        if _calc_file_digest(target) != digest:
+            target = image_dir / f"{gain_path.stem}.{digest[:12]}{gain_path.suffix}"
     if not target.exists():
         tmp = target.with_name(f".{target.name}.part")
         shutil.copyfile(gain_path, tmp)
@@ -67,6 +83,33 @@ def store_gain(session, gain_path: Path):
     stem = target.name.rsplit(".", 1)[0]
     norm, _ = insert(m.NormImageData, session=session, image=target.name, filename=stem)
     return norm
+
+
+def store_exposures_gain(session, gain_path: Path, image_ids: list[int]):
+    """Point these exposures at a (new) gain reference: their NormImageData, as Leginon links it.  Returns the row."""
+    with serialised_inserts(alias_for(m.AcquisitionImageData)):
+        norm = store_gain(session, gain_path)
+        if image_ids:
+            m.AcquisitionImageData.objects.filter(session_id=session.id, id__in=image_ids).update(norm_id=norm.id)
+    return norm
+
+
+def store_import_refusal(session_id: int, path: Path, reason: str, now: float) -> None:
+    """Record that import refused a movie: one row per session and path (newest reason, first/last time, count)."""
+    with transaction.atomic(using=alias_for(m.ApImportRefusalData)):
+        row = (m.ApImportRefusalData.objects.select_for_update().filter(session_id=session_id, path=str(path))
+               .order_by("-id").first())
+        if row is None:
+            m.ApImportRefusalData.objects.create(session_id=session_id, path=str(path), reason=reason,
+                                                 first_seen=now, last_seen=now, count=1)
+        else:
+            m.ApImportRefusalData.objects.filter(id=row.id).update(reason=reason, last_seen=now,
+                                                                   count=int(row.count or 0) + 1)
+
+
+def delete_import_refusals(session_id: int, path: Path) -> None:
+    """The movie was registered after all: it is no longer refused."""
+    m.ApImportRefusalData.objects.filter(session_id=session_id, path=str(path)).delete()
 
 
 def store_exposure(session, settings: ImportSettings, movie_path: Path, header: MovieHeader, meta: ExposureMetadata,

@@ -13,3 +13,4 @@ from appion.base.db.models.appion import *  # noqa: E402,F401,F403
 from appion.base.db.models.loop import *  # noqa: E402,F401,F403
 from appion.base.db.models.jobs import *  # noqa: E402,F401,F403
 from appion.base.db.models.workflow import *  # noqa: E402,F401,F403
+from appion.base.db.models.imports import *  # noqa: E402,F401,F403

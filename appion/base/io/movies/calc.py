@@ -29,19 +29,68 @@ def calc_upsampled_gain(gain: np.ndarray, factor: int) -> np.ndarray:
     return np.ascontiguousarray(np.repeat(np.repeat(gain, factor, axis=0), factor, axis=1), dtype=np.float32)
 
 
-def calc_gain_candidates(gain: np.ndarray, frame_shape_yx: tuple[int, int], rotate: int, flip: int):
-    """Oriented gain and how it relates to the frame size: (oriented, factor).
+def calc_oriented_gain_shape(gain_shape_yx: tuple[int, int], rotate: int) -> tuple[int, int]:
+    """The gain's shape after `rotate` quarter turns (flips keep the shape)."""
+    ny, nx = (int(v) for v in gain_shape_yx)
+    return (nx, ny) if int(rotate) % 2 else (ny, nx)
 
-    factor 1: same size; 2 or 4: the frames are exactly that many times larger (super-resolution
-    rendering of a physical-pixel gain); 0: no simple relation.
+
+def calc_gain_upsampling(gain_shape_yx: tuple[int, int], frame_shape_yx: tuple[int, int], rotate: int,
+                         eer_sampling: int = 1) -> int:
+    """How the oriented gain relates to the frames: 1 same size, `eer_sampling` (2 or 4) for an EER movie rendered
+    at super-resolution with a physical-pixel gain, 0 no fit.
+
+    Upsampling by an integer factor is only for EER super-resolution rendering: a gain exactly 2x smaller than
+    TIFF or MRC frames is a gain for another camera mode (or a binned gain), not something to stretch.
     """
+    oriented = calc_oriented_gain_shape(gain_shape_yx, rotate)
+    frame = tuple(int(v) for v in frame_shape_yx)
+    if oriented == frame:
+        return 1
+    factor = int(eer_sampling)
+    if factor in (2, 4) and (oriented[0] * factor, oriented[1] * factor) == frame:
+        return factor
+    return 0
+
+
+def calc_gain_candidates(gain: np.ndarray, frame_shape_yx: tuple[int, int], rotate: int, flip: int,
+                         eer_sampling: int = 1):
+    """Oriented gain and how it relates to the frame size: (oriented, factor) as calc_gain_upsampling."""
     oriented = calc_oriented_gain(gain, rotate, flip)
-    if oriented.shape == tuple(frame_shape_yx):
-        return oriented, 1
+    return oriented, calc_gain_upsampling(gain.shape, frame_shape_yx, rotate, eer_sampling)
+
+
+def calc_gain_mismatch_message(gain_shape_yx: tuple[int, int], frame_shape_yx: tuple[int, int], rotate: int,
+                               flip: int, path_for_errors="gain", eer_sampling: int = 1) -> str:
+    """Why a gain of that shape does not fit frames of that shape: both shapes, every orientation tried, and
+    which settings would fit."""
+    fy, fx = (int(v) for v in frame_shape_yx)
+    gy, gx = (int(v) for v in gain_shape_yx)
+    oy, ox = calc_oriented_gain_shape(gain_shape_yx, rotate)
+    tried = calc_oriented_gain_shapes((gy, gx))
+    listing = ", ".join(f"rotate={r} flip={f} -> {s[0]}x{s[1]}" for r, f, s in tried)
+    fitting = [(r, f) for r, f, s in tried if s == (fy, fx)]
+    msg = (f"{path_for_errors}: gain reference does not fit the frames: frames are {fy}x{fx} (y x), "
+           f"gain on disk is {gy}x{gx}, and with rotate={rotate} flip={flip} it is {oy}x{ox}. "
+           f"Orientations tried: {listing}. ")
+    if fitting:
+        return msg + ("These settings WOULD match the frame size: "
+                      + ", ".join(f"rotate={r} flip={f}" for r, f in fitting)
+                      + " - check the camera's 'frame rotate'/'frame flip' (a wrong orientation is the usual cause).")
+    msg += "None of them matches."
     for factor in (2, 4):
-        if (oriented.shape[0] * factor, oriented.shape[1] * factor) == tuple(frame_shape_yx):
-            return oriented, factor
-    return oriented, 0
+        if any((s[0] == fy * factor and s[1] == fx * factor) for _, _, s in tried):
+            msg += (f" The gain is {factor}x larger than the frames: a super-resolution gain for "
+                    f"frames rendered at the physical pixel size (EER sampling too low, or binned frames).")
+        if any((s[0] * factor == fy and s[1] * factor == fx) for _, _, s in tried):
+            if eer_sampling == 1:
+                msg += (f" The frames are {factor}x larger than the gain: a gain is upsampled only for EER movies "
+                        f"rendered at super-resolution (EER sampling {factor}); for other movies it is the gain of "
+                        f"another camera mode (or binned).")
+            else:
+                msg += (f" The frames are {factor}x larger than the gain but the EER sampling is {eer_sampling}: "
+                        f"check rotate/flip and the sampling.")
+    return msg + " Is this the gain for this camera and mode?"
 
 
 @njit(cache=True)

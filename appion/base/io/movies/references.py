@@ -7,7 +7,7 @@ import mrcfile
 import numpy as np
 import tifffile
 
-from appion.base.io.movies.calc import calc_gain_candidates, calc_oriented_gain_shapes, calc_upsampled_gain
+from appion.base.io.movies.calc import calc_gain_candidates, calc_gain_mismatch_message, calc_upsampled_gain
 from appion.base.io.movies.common import GainMismatchError, MovieError
 
 
@@ -54,39 +54,24 @@ def read_dark(path) -> np.ndarray:
 
 
 def calc_gain_for_frames(gain: np.ndarray, frame_shape_yx: tuple[int, int], rotate: int, flip: int,
-                         path_for_errors="gain") -> np.ndarray:
+                         path_for_errors="gain", eer_sampling: int = 1) -> np.ndarray:
     """The gain oriented like the frames (rotate quarter turns CCW, then flip; MotionCor2's RotGain/FlipGain).
 
-    A gain exactly 2x or 4x smaller than the frames (EER rendered at super-resolution with a
-    physical-pixel gain) is upsampled nearest-neighbour.  Otherwise a size mismatch raises
-    GainMismatchError listing every rotate/flip setting tried and which would fit.
+    eer_sampling: the frames are an EER movie rendered at this sampling (1 for TIFF and MRC movies).  Only
+    then is a gain exactly that many times smaller (recorded at the physical pixel size) upsampled
+    nearest-neighbour; any other size mismatch, including a 2x smaller gain for TIFF/MRC frames, raises
+    GainMismatchError with both shapes, every rotate/flip setting tried and which would fit.
     """
     frame_shape_yx = tuple(int(v) for v in frame_shape_yx)
-    oriented, factor = calc_gain_candidates(gain, frame_shape_yx, rotate, flip)
+    oriented, factor = calc_gain_candidates(gain, frame_shape_yx, rotate, flip, eer_sampling)
     if factor == 1:
         return oriented.astype(np.float32, copy=False)
     if factor in (2, 4):
         return calc_upsampled_gain(oriented, factor)
-    fy, fx = frame_shape_yx
-    gy, gx = gain.shape
-    tried = calc_oriented_gain_shapes(gain.shape)
-    listing = ", ".join(f"rotate={r} flip={f} -> {s[0]}x{s[1]}" for r, f, s in tried)
-    fitting = [(r, f) for r, f, s in tried if s == frame_shape_yx]
-    msg = (f"{path_for_errors}: gain reference does not fit the frames: frames are {fy}x{fx} (y x), "
-           f"gain on disk is {gy}x{gx}, and with rotate={rotate} flip={flip} it is "
-           f"{oriented.shape[0]}x{oriented.shape[1]}. Orientations tried: {listing}. ")
-    if fitting:
-        msg += ("These settings WOULD match the frame size: "
-                + ", ".join(f"rotate={r} flip={f}" for r, f in fitting)
-                + " - check the camera's 'frame rotate'/'frame flip' (a wrong orientation is the usual cause).")
-    else:
-        msg += "None of them matches."
-        for factor in (2, 4):
-            if any((s[0] == fy * factor and s[1] == fx * factor) for _, _, s in tried):
-                msg += (f" The gain is {factor}x larger than the frames: a super-resolution gain for "
-                        f"frames rendered at the physical pixel size (EER sampling too low, or binned frames).")
-            if any((s[0] * factor == fy and s[1] * factor == fx) for _, _, s in tried):
-                msg += (f" The frames are {factor}x larger than the gain in a different orientation: "
-                        f"check rotate/flip (super-resolution EER rendering).")
-        msg += " Is this the gain for this camera and mode?"
-    raise GainMismatchError(msg)
+    raise GainMismatchError(calc_gain_mismatch_message(gain.shape, frame_shape_yx, rotate, flip, path_for_errors,
+                                                       eer_sampling))
+
+
+def read_gain_shape(path) -> tuple[int, int]:
+    """The (y, x) shape of a gain reference without keeping its pixels (the file is fully read and checked)."""
+    return tuple(int(v) for v in read_gain(path).shape)
