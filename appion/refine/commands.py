@@ -15,47 +15,32 @@ from appion.base import jobstates as js
 from appion.base.db import models as m
 from appion.base.db.setup import current_config, use_appion_database
 from appion.base.jobstates import JobState
-from appion.refine import hosts, retrieve, store, tracker
-from appion.refine.calc import external, internal
+from appion.refine import hosts, prepare, retrieve, store, tracker
+from appion.refine import particles as P
+from appion.refine.calc import classic, external, formats, refinejobs
+from appion.refine.programs import detect_relion_version
 
 log = logging.getLogger("appion.jobs")
 
 # ================================================================ runJob.py
-# Options of the Appion command line that runJob reads (without removing them).
-_COMMON = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
-_COMMON.add_argument("-n", "--runname")
-_COMMON.add_argument("-R", "--rundir", "--outdir", dest="rundir")
-_COMMON.add_argument("-p", "--projectid", type=int)
-_COMMON.add_argument("-s", "--session")
-_COMMON.add_argument("--expid", type=int)
-
-# Classic option names of refinement programs → job-type parameter names.
-_PARAM_ALIASES = {"numiter": "iterations", "iter": "iterations", "sym": "symmetry", "symm": "symmetry",
-                  "ang": "angle_deg", "angle": "angle_deg", "diameter": "diameter_A", "lowpass": "lowpass_A",
-                  "preprefineid": "prepid", "modelfile": "model", "stackfile": "stack", "outroot": "output_root"}
+# Options of the Appion command line that runJob reads (without removing them).  Classic refinement
+# jobs use -s for --stackname, so -s is the session only for command types.
+def _common_parser(session_short: bool) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    p.add_argument("-n", "--runname")
+    p.add_argument("-R", "--rundir", "--outdir", dest="rundir")
+    p.add_argument("-p", "--projectid", type=int)
+    p.add_argument(*(("-s",) if session_short else ()), "--session", "--sessionname", dest="session")
+    p.add_argument("--expid", "--expId", dest="expid", type=int)
+    return p
 
 
-def calc_program_params(argv: list[str]) -> dict:
-    """`--key=value`, `--key value` and `--flag` options of a classic command line → parameters."""
-    params: dict = {}
-    i = 0
-    while i < len(argv):
-        a = argv[i]
-        if a.startswith("--") and len(a) > 2:
-            key, eq, value = a[2:].partition("=")
-            if not eq:
-                if i + 1 < len(argv) and not argv[i + 1].startswith("-"):
-                    value = argv[i + 1]
-                    i += 1
-                else:
-                    value = "true"
-            key = key.replace("-", "_")
-            params[_PARAM_ALIASES.get(key, key)] = value
-        i += 1
-    return params
+# Options of a classic command line consumed by runJob itself (no "not used" warning for them).
+_CONSUMED = {"runname", "rundir", "outdir", "projectid", "session", "sessionname", "expid", "expId", "jobtype",
+             "setuponly"}
 
 
-def _default_rundir(config, runname: str, session: str | None) -> Path:
+def default_rundir(config, runname: str, session: str | None) -> Path:
     return config.appion_base / (session or "jobs") / "recon" / runname
 
 
@@ -68,10 +53,31 @@ def calc_checked_rundir_arg(given: str | None, default: Path, roots: tuple[str, 
     return Path(str(hosts.calc_checked_rundir(path, list(roots))))
 
 
+def _relion_version(params: dict, star_layout: str | None) -> None:
+    """relion_version: given, else the installed relion_refine's, else the prepared STAR file's layout."""
+    if "relion_version" in params:
+        return
+    installed = detect_relion_version(params.get("program") or "relion_refine")
+    if installed is not None:
+        if star_layout == "3.1" and not formats.calc_relion_has_optics(installed):
+            raise ValueError(f"the particles are in RELION 3.1's layout but relion_refine here is "
+                             f"{'.'.join(map(str, installed))}: prepare them with --relion_version="
+                             f"{'.'.join(map(str, installed[:2]))}")
+        params["relion_version"] = ".".join(map(str, installed))
+    elif star_layout:
+        params["relion_version"] = star_layout
+
+
 def _refine_params(jobtype: str, args, rest: list[str], rundir: str) -> dict:
-    params = calc_program_params(rest)
+    """A classic refinement command line (+ the prepared refinement it names) → job parameters."""
+    argv = [a for a in rest if a.lstrip("-").split("=", 1)[0] not in _CONSUMED]
+    params, warnings = classic.calc_refine_params(argv, set(refinejobs.REFINE_PARAM_NAMES))
+    for line in warnings:
+        log.warning("%s", line)
     params["rundir"] = rundir
-    params.setdefault("nproc", args.nodes * args.ppn)
+    per_node = args.rpn or args.ppn
+    params.setdefault("nproc", args.nodes * per_node)
+    params.setdefault("threads", max(1, args.ppn // args.rpn) if args.rpn else 1)
     prep_id = params.pop("prepid", None)
     if prep_id is not None:
         prep = retrieve.retrieve_prepared_refinement(int(prep_id))
@@ -79,12 +85,31 @@ def _refine_params(jobtype: str, args, rest: list[str], rundir: str) -> dict:
         params.setdefault("model", prep.model_path)
         params.setdefault("apix", prep.apix)
         params.setdefault("boxsize", prep.boxsize)
+        prep_dir = Path(prep.rundir)
+        if jobtype == "frealignrecon":
+            params.setdefault("parfile", str(prep_dir / prepare.FRATE_PAR))
+        if (prep_dir / "maskvol.mrc").exists():
+            params.setdefault("mask", str(prep_dir / "maskvol.mrc"))
         if prep.method != jobtype:
             log.warning("prepared refinement %s was prepared for %s, running it as %s", prep_id, prep.method, jobtype)
+        star = prep_dir / "particles.star"
+    else:
+        stack = str(params.get("stack", ""))
+        star = Path(stack) if stack.endswith(".star") else None
+    layout = None
+    if star is not None and star.is_file():
+        info = P.read_star_summary(star)
+        layout = "3.1" if info.has_optics else "3.0"
+        params.setdefault("ctf", info.has_ctf)
+        for key, value in (("voltage_kV", info.voltage_kV), ("cs_mm", info.cs_mm), ("amp_contrast", info.amp_contrast)):
+            if value is not None:
+                params.setdefault(key, value)
+    if jobtype == "relionrecon":
+        _relion_version(params, layout)
     return params
 
 
-def _use_project_database(config, project_id: int | None) -> None:
+def use_project_database(config, project_id: int | None) -> None:
     """Classic -p/--projectid: with per-project appion databases (no [database] appion), record there."""
     if project_id is not None and not config.embedded and config.appion is None:
         use_appion_database(project_id)
@@ -94,14 +119,20 @@ def run_job(args, rest: list[str]) -> int:
     """runJob.py after its own options are parsed (rest: the program and its options)."""
     if not rest:
         raise ValueError("no command given: runJob.py <program> [options] --jobtype=...")
+    jobtype = args.jobtype
+    if jobtype not in external.JOB_TYPES:
+        log.warning("unknown job type %r: running the command line as a generic job (as classic runJob.py does)",
+                    jobtype)
+    run_as = external.resolve_job_type(jobtype)
+    command_type = external.calc_is_command_type(run_as)
     config = current_config()
-    common, _ = _COMMON.parse_known_args(rest)
+    common, _ = _common_parser(session_short=command_type).parse_known_args(rest)
     if not common.runname:
         raise ValueError("the command line needs -n/--runname")
-    _use_project_database(config, common.projectid)
+    use_project_database(config, common.projectid)
     runname = hosts.calc_checked_runname(common.runname)
     settings = retrieve.retrieve_jobs_settings(config)
-    rundir = str(calc_checked_rundir_arg(common.rundir, _default_rundir(config, runname, common.session),
+    rundir = str(calc_checked_rundir_arg(common.rundir, default_rundir(config, runname, common.session),
                                          settings.rundir_roots))
     if Path(rundir).name != runname:
         raise ValueError(f"run name {runname!r} must equal the last component of the run directory {rundir}")
@@ -113,20 +144,21 @@ def run_job(args, rest: list[str]) -> int:
         name=runname, nodes=args.nodes, ppn=args.ppn, walltime_h=args.walltime, cputime_h=args.cput,
         mem_gb=args.mem, pmem_mb=args.pmem, queue=args.queue or "", account=args.account or "",
         output_path=files.output))
-    if args.jobtype == "generic":
-        params = {"command": list(rest)}
-    else:
-        params = _refine_params(args.jobtype, args, rest, rundir)
-    external.parse_job_params(args.jobtype, params)  # refuse bad parameters before anything is written
+    params = {"command": list(rest)} if command_type else _refine_params(run_as, args, rest, rundir)
+    external.parse_job_params(run_as, params)  # refuse bad parameters before anything is written
     Path(rundir).mkdir(parents=True, exist_ok=True)
+    store.append_command_log(rundir, list(args.argv))
+    tracker.write_job(host, request, files, jobtype, params)
+    if args.setuponly:
+        print(f"runJob.py: --setuponly: {jobtype} job prepared in {files.job_file}, not submitted", file=sys.stderr)
+        return 0
     session_id = None
     if common.session:
         session = m.SessionData.objects.filter(name=common.session).order_by("-id").first()
         session_id = session.id if session else None
     elif common.expid:
         session_id = common.expid
-    tracker.write_job(host, request, files, args.jobtype, params)
-    job, lifecycle = store.store_job(name=Path(files.job_file).name, files=files, jobtype=args.jobtype,
+    job, lifecycle = store.store_job(name=Path(files.job_file).name, files=files, jobtype=jobtype,
                                      host=host.name, params=params, request=tracker.request_as_dict(request),
                                      session_id=session_id, job_id=args.jobid)
     try:
@@ -137,7 +169,7 @@ def run_job(args, rest: list[str]) -> int:
         raise RuntimeError(str(exc)) from None
     store.store_cluster_job_id(lifecycle, cluster_id)
     print(cluster_id, flush=True)
-    print(f"runJob.py: {args.jobtype} job {job.id} submitted to {host.name} ({host.scheduler}) as {cluster_id}; "
+    print(f"runJob.py: {jobtype} job {job.id} submitted to {host.name} ({host.scheduler}) as {cluster_id}; "
           f"job file {files.job_file}", file=sys.stderr)
     if args.wait:
         tracker.watch_jobs(args.poll, until_idle=True, job_id=job.id)
@@ -148,80 +180,8 @@ def run_job(args, rest: list[str]) -> int:
 
 
 # ================================================================ prepRefine*.py
-def _resolve_input(text: str, kind: str, apix: float | None):
-    """(path, pixel size from DB or None, row id) for an id or a file name."""
-    if text.isdigit():
-        path, db_apix = (retrieve.retrieve_stack_file if kind == "stack" else retrieve.retrieve_model_file)(int(text))
-        return path, apix or db_apix, int(text)
-    return Path(text).expanduser().resolve(), apix, None
-
-
 def prepare_refinement(args, method: str) -> dict:
-    """Filter, bin and subset the stack and model into the run directory; record them. Returns a summary."""
-    config = current_config()
-    _use_project_database(config, args.projectid)
-    runname = hosts.calc_checked_runname(args.runname)
-    rundir = calc_checked_rundir_arg(args.rundir, _default_rundir(config, runname, args.session),
-                                     retrieve.retrieve_jobs_settings(config).rundir_roots)
-    if rundir.name != runname:
-        raise ValueError(f"run name {runname!r} must equal the last component of the run directory {rundir}")
-    stack_path, stack_apix, stack_id = _resolve_input(args.stack, "stack", args.apix)
-    model_path, model_apix, model_id = _resolve_input(args.model, "model", args.apix)
-    stack = retrieve.read_mrc_info(stack_path, stack_apix, want_ndim=2)
-    model = retrieve.read_mrc_info(model_path, model_apix, want_ndim=3)
-    n_total, box = stack.shape[0], stack.shape[1]
-    if abs(model.pixel_size_A - stack.pixel_size_A) > 1e-3 * stack.pixel_size_A or model.shape[0] != box:
-        raise retrieve.InputError(f"model {model_path} ({model.shape[0]} px at {model.pixel_size_A:g} Å) does not "
-                                  f"match stack {stack_path} ({box} px at {stack.pixel_size_A:g} Å)")
-    n = internal.calc_particle_count(n_total, args.last_particle)
-    new_box = internal.calc_binned_shape((box,), args.bin)[0]
-    apix = stack.pixel_size_A * args.bin
-    rundir.mkdir(parents=True, exist_ok=True)
-    layout = {"emanrecon": ("start.mrcs", "threed.0a.mrc"), "frealignrecon": ("particles.mrc", "run_1_r1.mrc"),
-              "relionrecon": ("particles.mrcs", "model.mrc"), "xmipprecon": ("particles.mrcs", "model.mrc"),
-              "xmippml3d": ("particles.mrcs", "model.mrc")}
-    stack_name, model_name = layout[method]
-    with store.StackWriter(rundir / stack_name, n, new_box, apix) as writer:
-        for start in range(0, n, args.chunk):
-            stop = min(n, start + args.chunk)
-            chunk = retrieve.read_mrc_chunk(stack.path, start, stop)
-            writer.write(start, internal.calc_prepared(chunk, stack.pixel_size_A, args.lowpass, args.highpass,
-                                                       args.bin, ndim=2))
-    volume = internal.calc_prepared(retrieve.read_mrc_volume(model.path), model.pixel_size_A, args.lowpass,
-                                    args.highpass, args.bin, ndim=3)
-    store.write_mrc_atomic(rundir / model_name, volume, apix)
-    particles_file = stack_name
-    if method == "relionrecon":
-        particles_file = "particles.star"
-        rows = "".join(f"{i:06d}@{rundir / stack_name}\n" for i in range(1, n + 1))
-        store.write_text_atomic(rundir / particles_file, "\ndata_particles\n\nloop_\n_rlnImageName #1\n" + rows)
-    elif method in ("xmipprecon", "xmippml3d"):
-        particles_file = "particles.xmd"
-        rows = "".join(f" {i:06d}@{rundir / stack_name} 1\n" for i in range(1, n + 1))
-        store.write_text_atomic(rundir / particles_file,
-                                "# XMIPP_STAR_1 *\n#\ndata_noname\nloop_\n _image\n _enabled\n" + rows)
-    summary = {"rundir": str(rundir), "stack": str(rundir / particles_file), "model": str(rundir / model_name),
-               "apix": apix, "boxsize": new_box, "particles": n, "prep_id": None}
-    if args.commit:
-        stack_row = store.store_stack_row(stack.path, stack.pixel_size_A, box, n_total) if stack_id is None else \
-            _row("ApStackData", stack_id)
-        model_row = store.store_model_row(model.path, model.pixel_size_A, box) if model_id is None else \
-            _row("ApInitialModelData", model_id)
-        session_id = args.expid
-        if args.session:
-            s = m.SessionData.objects.filter(name=args.session).order_by("-id").first()
-            session_id = s.id if s else None
-        prep = store.store_prepared_refinement(
-            runname=runname, rundir=str(rundir), method=method, description=args.description, stack_row=stack_row,
-            model_row=model_row, stack_file=particles_file, model_file=model_name, last_part=n, lowpass=args.lowpass,
-            highpass=args.highpass, bin_factor=args.bin, apix=apix, boxsize=new_box,
-            fmt={"relionrecon": "relion-star", "xmipprecon": "xmipp-xmd", "xmippml3d": "xmipp-xmd"}.get(method, "mrc"), session_id=session_id)
-        summary["prep_id"] = prep.id
-    return summary
-
-
-def _row(model_name: str, row_id: int):
-    return getattr(m, model_name).objects.get(id=row_id)
+    return prepare.prepare_refinement(args, method)
 
 
 # ================================================================ appion jobs ...

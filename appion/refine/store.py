@@ -11,6 +11,7 @@ from pathlib import Path
 
 import mrcfile
 import numpy as np
+import starfile
 from django.db import transaction
 
 from appion.base.db import models as m
@@ -18,12 +19,28 @@ from appion.base.db.router import alias_for
 from appion.base.db.sinedon import insert
 from appion.base.io.files import make_temp_path, write_atomic, write_text_atomic
 from appion.base.jobstates import JobState, Transition, calc_classic_status
+from appion.refine.calc.formats import calc_imagic_files
 from appion.refine.hosts import JobFiles, RunDirError, calc_checked_rundir
 
 
+def _current_umask() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
+
+
 def write_job_file(files: JobFiles, text: str) -> None:
-    """The job file, executable (PBS/SGE run it directly), written atomically."""
-    write_text_atomic(files.job_file, text, mode=0o755)
+    """The job file, executable (PBS/SGE run it directly) with the permissions the umask allows
+    (0o777 less the umask, as a shell's `touch` + `chmod +x` would give), written atomically."""
+    write_text_atomic(files.job_file, text, mode=0o777 & ~_current_umask())
+
+
+def append_command_log(rundir: str, argv: list[str]) -> None:
+    """`run_commands.log` in the run directory: every runJob.py command line, appended (classic does the same)."""
+    import shlex
+
+    with open(Path(rundir) / "run_commands.log", "a") as fh:
+        fh.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')}\nrunJob.py {shlex.join(argv)}\n{'_' * 46}\n")
 
 
 def write_input_files(rundir: str, named_texts: dict[str, str]) -> None:
@@ -129,6 +146,9 @@ def store_transitions(lifecycle, steps: list[Transition], *, now: float | None =
                                                  cycle=values.get("cycle", lifecycle.cycle),
                                                  clusterjobid=cluster_job_id, at=now)
         job_update = {"status": calc_classic_status(final)}
+        if final is JobState.EXPIRED and (start is JobState.FAILED or any(
+                step.from_state is JobState.FAILED for step in steps)):
+            job_update["status"] = "E"  # a failed job keeps its E when its directory ages out
         if cluster_job_id is not None or clear_cluster_job_id:
             job_update["clusterjobid"] = cluster_job_id
         m.ApAppionJobData.objects.filter(id=lifecycle.job_id).update(**job_update)
@@ -216,6 +236,48 @@ class StackWriter:
         else:
             self.mrc.close()
             self.tmp.unlink(missing_ok=True)
+        return False
+
+
+def write_relion_star(path: Path, tables: dict) -> None:
+    """A RELION STAR file (data blocks named by the dict keys), written atomically with starfile."""
+    write_atomic(path, lambda tmp: starfile.write(tables, tmp, overwrite=True))
+
+
+class ImagicWriter:
+    """An IMAGIC-5 stack (`<root>.hed` + `<root>.img`) written in chunks to temporary names; both files are
+    moved into place when the context ends without an error (nothing is left behind otherwise)."""
+
+    def __init__(self, hed_path: Path, n: int):
+        self.hed, self.img = Path(hed_path), Path(hed_path).with_suffix(".img")
+        self.n, self.written = n, 0
+        self.tmp_hed, self.tmp_img = make_temp_path(self.hed), make_temp_path(self.img)
+        self.fh_hed, self.fh_img = open(self.tmp_hed, "wb"), open(self.tmp_img, "wb")
+        self.when = time.localtime()
+
+    def write(self, start: int, chunk: np.ndarray) -> None:
+        if start != self.written:
+            raise ValueError(f"IMAGIC chunks must be written in order (expected {self.written}, got {start})")
+        hed, img = calc_imagic_files(chunk, self.when, first=start + 1, total=self.n)
+        self.fh_hed.write(hed)
+        self.fh_img.write(img)
+        self.written += chunk.shape[0]
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        self.fh_hed.close()
+        self.fh_img.close()
+        complete = exc_type is None and self.written == self.n
+        if complete:
+            os.replace(self.tmp_img, self.img)
+            os.replace(self.tmp_hed, self.hed)
+        else:
+            self.tmp_hed.unlink(missing_ok=True)
+            self.tmp_img.unlink(missing_ok=True)
+        if exc_type is None and not complete:
+            raise ValueError(f"IMAGIC stack {self.hed}: {self.written} of {self.n} images written")
         return False
 
 

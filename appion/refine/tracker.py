@@ -45,9 +45,12 @@ def run_scheduler(argv: list[str], stdin_path: str | None = None, cwd: str | Non
 
 # ---------------------------------------------------------------- submission
 def write_job(host: ProcessingHost, request: JobRequest, files: JobFiles, jobtype: str, params: dict) -> str:
-    """Write input files and the job file for this cycle; returns the job file text."""
-    commands = external.build_job_commands(jobtype, params)
-    store.write_input_files(files.rundir, external.build_job_files(jobtype, params))
+    """Write input files and the job file for this cycle; returns the job file text.
+
+    jobtype: the job's name (an unregistered name runs as a generic job, see external.resolve_job_type)."""
+    run_as = external.resolve_job_type(jobtype)
+    commands = external.build_job_commands(run_as, params)
+    store.write_input_files(files.rundir, external.build_job_files(run_as, params))
     text = hosts.calc_job_file_text(host, request, commands, files, jobtype=jobtype)
     store.write_job_file(files, text)
     return text
@@ -180,7 +183,8 @@ def step_lifecycle(ctx: Context, lifecycle, now: float) -> bool:
     if state is JobState.POSTPROCESSING:
         params, _ = retrieve.read_lifecycle_params(lifecycle)
         try:
-            next_params = external.calc_next_cycle(lifecycle.jobtype, params, retrieve.read_output_names(files.rundir))
+            next_params = external.calc_next_cycle(external.resolve_job_type(lifecycle.jobtype), params,
+                                                   retrieve.read_output_names(files.rundir))
         except (external.CycleError, external.JobParamsError) as exc:
             store.store_transitions(lifecycle, [js.calc_transition(state, JobState.FAILED, str(exc))], now=now)
             return True
@@ -221,6 +225,9 @@ def step_lifecycle(ctx: Context, lifecycle, now: float) -> bool:
                 store.write_archive_manifest(files)
             elif step.to_state is JobState.EXPIRED:
                 store.remove_run_directory(files, ctx.settings.rundir_roots)
+        if state is JobState.FAILED:  # keep why it failed: the row stays E (appion.refine.store)
+            steps = [js.Transition(s.from_state, s.to_state, f"expired after failing: {lifecycle.reason}")
+                     for s in steps]
         steps = [js.Transition(s.from_state, s.to_state, s.reason or f"age {age:.0f} s") for s in steps]
         store.store_transitions(lifecycle, steps, now=now)
         return True

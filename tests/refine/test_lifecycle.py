@@ -111,7 +111,7 @@ def test_refinement_without_outputs_fails_in_postprocessing(job):
     m, row, lifecycle, files, roots = job
     lifecycle.jobtype = "relionrecon"
     lifecycle.params = ('{"params": {"rundir": "%s", "stack": "s.star", "model": "m.mrc", "apix": 1, '
-                        '"iterations": 2}, "request": {"name": "j1"}}' % files.rundir)
+                        '"boxsize": 32, "iterations": 2}, "request": {"name": "j1"}}' % files.rundir)
     lifecycle.save()
     store.store_transitions(lifecycle, js.calc_path(S.INCOMING, S.POSTPROCESSING, "exit 0"), now=1001.0)
     assert tracker.step_lifecycle(_ctx(roots), retrieve.retrieve_lifecycle(row.id), 1002.0)
@@ -153,3 +153,31 @@ def test_jobs_list_and_show(job, capsys):
     assert commands.cmd_jobs_show(Namespace(job=row.id)) == 0
     out = capsys.readouterr().out
     assert "PREPROCESSING -> RUNNING" in out and "INCOMING -> PREPROCESSING" in out
+
+
+def test_a_failed_job_that_expires_stays_E(job):
+    """Issue 13: a failed job whose directory ages out must not read as done."""
+    m, row, lifecycle, files, roots = job
+    store.store_transitions(lifecycle, [js.calc_transition(S.INCOMING, S.FAILED, "job exited with status 3")],
+                            now=1001.0)
+    lc = retrieve.retrieve_lifecycle(row.id)
+    assert not tracker.step_lifecycle(_ctx(roots), lc, 1010.0)  # expire_after_s = 20
+    assert tracker.step_lifecycle(_ctx(roots), lc, 1022.0)
+    lc = retrieve.retrieve_lifecycle(row.id)
+    assert lc.state == "EXPIRED" and not (roots / "j1").exists()
+    assert "expired after failing: job exited with status 3" in lc.reason
+    assert m.ApAppionJobData.objects.get(id=row.id).status == "E"
+    history = [(t.from_state, t.to_state) for t in retrieve.retrieve_transitions(lc.id)]
+    assert history[-2:] == [("INCOMING", "FAILED"), ("FAILED", "EXPIRED")]
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o027])
+def test_job_file_honours_the_umask(tmp_path, umask):
+    """Issue 13: the job file is executable with the permissions the user's umask allows (not always 0755)."""
+    files = JobFiles(str(tmp_path), "u1")
+    old = os.umask(umask)
+    try:
+        store.write_job_file(files, "#!/bin/bash\ntrue\n")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(os.stat(files.job_file).st_mode) == 0o777 & ~umask

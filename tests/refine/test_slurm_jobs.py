@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
+import stat
 import sqlite3
 import subprocess
 import sys
@@ -21,6 +23,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import REPO
+from tests.refine import simdata
 
 pytestmark = pytest.mark.slurm
 STANDIN = REPO / "tests" / "standins" / "refine_standin"
@@ -224,15 +227,9 @@ def test_submission_failure_is_recorded(site):
 
 
 def _write_inputs(site, n=12, box=32, apix=3.0):
-    rng = np.random.default_rng(5)
-    stack = rng.normal(size=(n, box, box)).astype(np.float32)
-    model = rng.normal(size=(box, box, box)).astype(np.float32)
-    paths = site["tmp"] / "stack.mrcs", site["tmp"] / "model.mrc"
-    for path, data in zip(paths, (stack, model)):
-        with mrcfile.new(path, overwrite=True) as mrc:
-            mrc.set_data(data)
-            mrc.voxel_size = apix
-    return paths
+    """A simulated stack and model, and a RELION 3.1 particle file with each particle's CTF and the optics."""
+    sim = simdata.simulate(site["tmp"] / "sim", n=n, box=box, apix=apix, per_micrograph=4)
+    return simdata.write_star_with_ctf(sim, site["tmp"] / "particles_ctf.star"), sim.model
 
 
 def test_refine_job_runs_cycles_to_completed_then_archived_and_expired(site):
@@ -284,13 +281,63 @@ def test_refine_program_crash_ends_failed(site):
                    env=site["env"], check=True, capture_output=True, timeout=120)
     rundir = site["runs"] / "recon2"
     result = _runjob(site, ["--stack", str(prep_dir / "particles.star"), "--model", str(prep_dir / "model.mrc"),
-                            "--apix", "3", f"--program={STANDIN}", "-n", "recon2", "-R", str(rundir),
+                            "--apix", "3", "--boxsize", "32", f"--program={STANDIN}", "-n", "recon2", "-R", str(rundir),
                             "--jobtype=relionrecon", "--wait", "--poll", "0.3"],
                      extra_env={"REFINE_STANDIN_FAIL": "1"}, check=False)
     assert result.returncode == 1, result.stderr
     status, _, state, reason = _job_row(site, _job_id(site, "recon2"))
     assert (status, state) == ("E", "FAILED") and "status 3" in reason
     assert "simulated crash" in (rundir / "recon2.appionsub.log").read_text()
+
+
+@pytest.mark.parametrize("jobtype", ["makeddrawframestack", "ctfestimate", "myfancytype"])
+def test_classic_web_types_and_unknown_types_run_as_generic_jobs_and_end_D(site, jobtype):
+    """The job types classic's web interface submits run their command line; a type nobody registered runs
+    the same way with a warning (classic apAgent builds a generic job for it), instead of exit 2."""
+    name = f"web_{jobtype[:12]}"
+    rundir = site["runs"] / name
+    out = site["tmp"] / f"{name}.json"
+    result = _runjob(site, [sys.executable, str(site["dumper"]), str(out), "-", "--preset=en", "-n", name,
+                            "-R", str(rundir), f"--jobtype={jobtype}", "--walltime=0.1", "--wait", "--poll", "0.3"])
+    job_id = _job_id(site, name)
+    status, cluster_id, state, _ = _job_row(site, job_id)
+    assert (status, state, cluster_id) == ("D", "COMPLETED", int(result.stdout))
+    [(stored_type,)] = _sql(site, "SELECT jobtype FROM ApAppionJobData WHERE DEF_id=?", job_id)
+    assert stored_type == jobtype
+    assert json.loads(out.read_text()) == ["--preset=en", "-n", name, "-R", str(rundir)]
+    unknown = f"unknown job type {jobtype!r}: running the command line as a generic job"
+    assert (unknown in result.stderr) == (jobtype == "myfancytype"), result.stderr
+    assert f"--jobtype={jobtype}" in (rundir / "run_commands.log").read_text()
+
+
+def test_setuponly_prepares_and_stops_and_classic_iterations_reach_the_job_file(site):
+    stack, model = _write_inputs(site, n=6)
+    prep_dir = site["runs"] / "prep3"
+    prep = subprocess.run(["prepRefineRelion.py", f"--stackid={stack}", f"--modelid={model}", "-n", "prep3", "-R",
+                           str(prep_dir)], env=site["env"], capture_output=True, text=True, timeout=120)
+    assert prep.returncode == 0, prep.stderr
+    [(prep_id,)] = _sql(site, "SELECT DEF_id FROM ApPrepRefineData WHERE name='prep3'")
+    rundir = site["runs"] / "recon3"
+    before = _sql(site, "SELECT COUNT(*) FROM ApAppionJobData")
+    result = subprocess.run(["runJob.py", f"--prepid={prep_id}", "--startIter=1", "--endIter=8", "--symmetry=C2 (z)",
+                             "--angSampRate=7.5", "--outerMaskRadius=12", "--localhost=headnode", "-n", "recon3",
+                             "-R", str(rundir), "--jobtype=relionrecon", "--setuponly", "--nodes=1", "--ppn=2",
+                             "--rpn=2"],
+                            env=site["env"], capture_output=True, text=True, timeout=120,
+                            preexec_fn=lambda: os.umask(0o077))
+    assert result.returncode == 0, result.stderr
+    assert "not submitted" in result.stderr and result.stdout == ""
+    assert "--localhost has no effect" in result.stderr
+    assert _sql(site, "SELECT COUNT(*) FROM ApAppionJobData") == before  # nothing recorded, nothing submitted
+    job_file = rundir / "recon3.appionsub.job"
+    assert stat.S_IMODE(job_file.stat().st_mode) == 0o700  # the umask, not a fixed 0755
+    line = next(x for x in job_file.read_text().splitlines() if "relion_refine" in x)
+    argv = shlex.split(line)
+    assert argv[:4] == ["mpirun", "-np", "2", "relion_refine_mpi"]
+    assert argv[argv.index("--iter") + 1] == "8" and argv[argv.index("--sym") + 1] == "c2"
+    assert argv[argv.index("--healpix_order") + 1] == "3" and "--ctf" in argv and "--angpix" not in argv
+    assert argv[argv.index("--particle_diameter") + 1] == f"{2 * 12 * 3.0:g}"
+    assert argv[argv.index("--i") + 1] == str(prep_dir / "particles.star")
 
 
 def test_generic_job_on_mariadb(private_slurm, mariadb_home, tmp_path):

@@ -12,14 +12,13 @@ Stable API (used by appion.workflow.core):
 
 Parameters are plain mappings (JSON-storable, so a restarted tracker can rebuild the next
 cycle); values may be strings as they come from a command line and are converted here.
-Refinement programs (EMAN, Frealign, RELION, Xmipp) cannot be installed on the test
-machines; their command lines follow each program's documented options, and `program`
-overrides the executable (tests point it at tests/standins/refine_standin).
+The refinement types (appion.refine.calc.refinejobs) build RELION's command line checked
+against the installed relion_refine's --help, and EMAN 1's, Frealign 9's and Xmipp 3's from
+their documented options; `program` overrides the executable.
 """
 from __future__ import annotations
 
 import dataclasses
-import re
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
@@ -163,183 +162,48 @@ def _parse_generic(params: Mapping[str, Any]) -> GenericParams:
     return value
 
 
-_SYM = re.compile(r"^(c\d+|d\d+|t|o|i\d?)$", re.I)
-
-
-@dataclass(frozen=True)
-class RefineParams:
-    """What every refinement job type needs; paths are the prepared inputs in the run directory."""
-
-    rundir: str = ""
-    stack: str = ""  # prepared particles (MRC stack; RELION: its STAR file; Xmipp: its metadata)
-    model: str = ""  # prepared initial model (MRC)
-    apix: float = 0.0  # Å per pixel of the prepared inputs
-    iterations: int = 1
-    start_iteration: int = 1  # > 1 when continuing after an earlier cycle
-    symmetry: str = "c1"
-    diameter_A: float = 0.0  # particle diameter (masking); 0: 0.8 × box
-    boxsize: int = 0
-    angle_deg: float = 10.0  # angular sampling
-    lowpass_A: float = 30.0  # initial low-pass of the reference
-    nproc: int = 1  # total MPI processes (nodes × ppn)
-    program: str = ""  # override the executable
-    output_root: str = "run"  # output name prefix inside the run directory
-
-    def check(self, jobtype: str) -> None:
-        problems = []
-        for name in ("rundir", "stack", "model"):
-            if not getattr(self, name):
-                problems.append(f"{name} is required")
-        if self.apix <= 0:
-            problems.append("apix must be positive")
-        if self.iterations < 1 or not 1 <= self.start_iteration <= self.iterations:
-            problems.append(f"iterations {self.iterations} / start_iteration {self.start_iteration} out of range")
-        if not _SYM.match(self.symmetry):
-            problems.append(f"symmetry {self.symmetry!r} is not a point group like c1, d7, t, o, i")
-        if self.nproc < 1:
-            problems.append("nproc must be at least 1")
-        if not re.fullmatch(r"[A-Za-z0-9_.-]+", self.output_root):
-            problems.append(f"output_root {self.output_root!r} must be a plain file name")
-        if problems:
-            raise JobParamsError(f"job type {jobtype!r}: " + "; ".join(problems))
-
-    @property
-    def mask_radius_px(self) -> int:
-        diameter = self.diameter_A or 0.8 * self.boxsize * self.apix
-        return max(1, int(round(diameter / (2 * self.apix))))
-
-
-def _mpi(params: RefineParams, serial: str, parallel: str) -> list[str]:
-    """The program, under mpirun when more than one process is asked for."""
-    if params.program:
-        program = params.program
-    else:
-        program = parallel if params.nproc > 1 else serial
-    return (["mpirun", "-np", str(params.nproc)] if params.nproc > 1 else []) + [program]
-
-
-def _iteration_numbers(names: Sequence[str], pattern: str) -> list[int]:
-    rx = re.compile(pattern)
-    return sorted({int(m.group(1)) for n in names if (m := rx.fullmatch(n))})
-
-
-def _continue_after(params: RefineParams, done: list[int]) -> dict | None:
-    """Another cycle when fewer iterations than asked exist (the program stopped early, e.g. at walltime)."""
-    if not done:
-        raise CycleError(f"the refinement in {params.rundir} wrote no iteration output")
-    last = max(done)
-    if last >= params.iterations:
-        return None
-    return {**dataclasses.asdict(params), "start_iteration": last + 1}
-
-
-# ---------------------------------------------------------------- RELION
-def _relion_commands(p: RefineParams) -> list[list[str]]:
-    out = f"{p.rundir}/{p.output_root}"
-    argv = _mpi(p, "relion_refine", "relion_refine_mpi")
-    if p.start_iteration > 1:
-        argv += ["--continue", f"{out}_it{p.start_iteration - 1:03d}_optimiser.star"]
-    else:
-        argv += ["--i", p.stack, "--ref", p.model, "--ini_high", f"{p.lowpass_A:g}", "--sym", p.symmetry,
-                 "--angpix", f"{p.apix:g}", "--particle_diameter", f"{2 * p.mask_radius_px * p.apix:g}",
-                 "--K", "1", "--flatten_solvent", "--zero_mask", "--oversampling", "1",
-                 "--healpix_order", str(max(0, min(4, int(round(60 / p.angle_deg)) // 3))),
-                 "--offset_range", "5", "--offset_step", "2"]
-    argv += ["--o", out, "--iter", str(p.iterations), "--j", "1"]
-    return [argv]
-
-
-def _relion_next(p: RefineParams, names: Sequence[str]) -> dict | None:
-    return _continue_after(p, _iteration_numbers(names, rf"{re.escape(p.output_root)}_it(\d+)_class001\.mrc"))
-
-
-# ---------------------------------------------------------------- EMAN (1): refine N in the run directory
-def _eman_commands(p: RefineParams) -> list[list[str]]:
-    # EMAN1's refine reads start.hed/start.img and threed.0a.mrc from the working directory and
-    # runs all iterations itself; appion runs one `refine 1` per remaining iteration so a cycle can resume.
-    out = []
-    for it in range(p.start_iteration, p.iterations + 1):
-        out.append(_mpi(p, "refine", "refine") + ["1", f"mask={p.mask_radius_px}", f"ang={p.angle_deg:g}",
-                                                    f"sym={p.symmetry}", f"proc={p.nproc}", "pad=" + str(
-                                                        int(1.25 * p.boxsize) if p.boxsize else 0),
-                                                    "hard=25", "classkeep=0.8", "classiter=3", "median",
-                                                    f"iter={it}"])
-    return out
-
-
-def _eman_next(p: RefineParams, names: Sequence[str]) -> dict | None:
-    return _continue_after(p, [i for i in _iteration_numbers(names, r"threed\.(\d+)a\.mrc") if i > 0])
-
-
-# ---------------------------------------------------------------- Frealign (9.x driver)
-def _frealign_files(p: RefineParams) -> dict[str, str]:
-    """Frealign 9's `frealign_run_refine` reads all settings from `mparameters` in the working directory."""
-    rows = [("cluster_type", "none"), ("nprocessor_ref", p.nproc), ("nprocessor_rec", p.nproc),
-            ("MODE", 1), ("start_process", p.start_iteration + 1), ("end_process", p.iterations + 1),
-            ("res_high_refinement", f"{max(2 * p.apix, p.lowpass_A / 3):.1f}"), ("res_high_class", p.lowpass_A),
-            ("thresh_reconst", 0.0), ("nclasses", 1), ("pix_size", f"{p.apix:g}"), ("sym", p.symmetry.upper()),
-            ("data_input", p.output_root), ("raw_images", p.stack), ("first_particle", 1), ("outer_radius",
-             f"{p.mask_radius_px * p.apix:g}"), ("mol_mass", 0), ("Cs", 2.7), ("kV", 300), ("AmpC", 0.07),
-            ("XSTD", 0), ("PBC", 100), ("parameter_mask", "1 1 1 1 1"), ("delta", f"{p.angle_deg:g}")]
-    return {"mparameters": "\n".join(f"{k:<24}{v}" for k, v in rows) + "\n"}
-
-
-def _frealign_commands(p: RefineParams) -> list[list[str]]:
-    return [[p.program or "frealign_run_refine"]]
-
-
-def _frealign_next(p: RefineParams, names: Sequence[str]) -> dict | None:
-    done = [i - 1 for i in _iteration_numbers(names, rf"{re.escape(p.output_root)}_(\d+)_r1\.mrc") if i > 1]
-    return _continue_after(p, done)
-
-
-# ---------------------------------------------------------------- Xmipp (3): projection matching and ML3D
-def _xmipp_commands(p: RefineParams) -> list[list[str]]:
-    out = []
-    for it in range(p.start_iteration, p.iterations + 1):
-        ref = p.model if it == 1 else f"{p.rundir}/{p.output_root}_iter{it - 1:03d}.vol"
-        gallery = f"{p.rundir}/gallery_iter{it:03d}.stk"
-        matched = f"{p.rundir}/{p.output_root}_iter{it:03d}.xmd"
-        out.append(_mpi(p, "xmipp_angular_project_library", "xmipp_mpi_angular_project_library")
-                   + ["-i", ref, "-o", gallery, "--sampling_rate", f"{p.angle_deg:g}", "--sym", p.symmetry])
-        out.append(_mpi(p, "xmipp_angular_projection_matching", "xmipp_mpi_angular_projection_matching")
-                   + ["-i", p.stack, "-o", matched, "--ref", gallery, "--Ri", "0", "--Ro", str(p.mask_radius_px),
-                      "--max_shift", "5"])
-        out.append(_mpi(p, "xmipp_reconstruct_fourier", "xmipp_mpi_reconstruct_fourier")
-                   + ["-i", matched, "-o", f"{p.rundir}/{p.output_root}_iter{it:03d}.vol", "--sym", p.symmetry])
-    if p.program:  # a single program (stand-in or site wrapper) replaces the three steps
-        out = [[p.program, "--i", p.stack, "--ref", p.model, "--o", f"{p.rundir}/{p.output_root}",
-                "--iter", str(p.iterations), "--first_iter", str(p.start_iteration)]]
-    return out
-
-
-def _xmipp_next(p: RefineParams, names: Sequence[str]) -> dict | None:
-    return _continue_after(p, _iteration_numbers(names, rf"{re.escape(p.output_root)}_iter(\d+)\.vol"))
-
-
-def _ml3d_commands(p: RefineParams) -> list[list[str]]:
-    argv = _mpi(p, "xmipp_ml_refine3d", "xmipp_mpi_ml_refine3d")
-    argv += ["-i", p.stack, "--ref", p.model, "--oroot", f"{p.rundir}/{p.output_root}", "--iter", str(p.iterations),
-             "--sym", p.symmetry, "--ang", f"{p.angle_deg:g}"]
-    if p.start_iteration > 1:
-        argv += ["--restart", f"{p.rundir}/{p.output_root}_it{p.start_iteration - 1:06d}_img.xmd"]
-    return [argv]
-
-
-def _ml3d_next(p: RefineParams, names: Sequence[str]) -> dict | None:
-    return _continue_after(p, _iteration_numbers(names, rf"{re.escape(p.output_root)}_it(\d+)_vols\.xmd"))
-
-
 register_job_type(JobType("generic", "any command line, run as given (classic generic Appion job)",
                           _parse_generic, lambda p: [list(p.command)]))
-register_job_type(JobType("relionrecon", "RELION 3D refinement (relion_refine / relion_refine_mpi)",
-                          _parser("relionrecon", RefineParams), _relion_commands, next_cycle=_relion_next))
-register_job_type(JobType("emanrecon", "EMAN 1 refine, one iteration per command",
-                          _parser("emanrecon", RefineParams), _eman_commands, next_cycle=_eman_next))
-register_job_type(JobType("frealignrecon", "Frealign 9 refinement (frealign_run_refine reading mparameters)",
-                          _parser("frealignrecon", RefineParams), _frealign_commands, files=_frealign_files,
-                          next_cycle=_frealign_next))
-register_job_type(JobType("xmipprecon", "Xmipp 3 projection matching (library, matching, Fourier reconstruction)",
-                          _parser("xmipprecon", RefineParams), _xmipp_commands, next_cycle=_xmipp_next))
-register_job_type(JobType("xmippml3d", "Xmipp 3 maximum-likelihood 3D refinement",
-                          _parser("xmippml3d", RefineParams), _ml3d_commands, next_cycle=_ml3d_next))
+
+# Job types classic Appion's web interface submits through runJob.py that run their command line as it
+# is (leginon's apAgent builds a generic job for every type but its refinement types; its own test
+# type is jobtest).  runJob.py treats any other name the same way, with a warning.
+CLASSIC_COMMAND_TYPES = {
+    "makeddrawframestack": "motion correction of dose-fractionated movies (makeDDAlignMotionCor2_UCSF.py ...)",
+    "ctfestimate": "CTF estimation (ctffind4.py, ctfestimate.py)", "gctf": "CTF estimation with Gctf (gctf.py)",
+    "ctffind4": "CTF estimation with CTFFIND 4 (ctffind4.py)", "ctffind5": "CTF estimation with CTFFIND 5",
+    "dogpicker": "difference-of-Gaussians particle picking", "templatecorrelator": "template particle picking",
+    "manualpicker": "manual particle picks", "gautomatch": "Gautomatch particle picking",
+    "makestack2": "particle stack extraction", "stackintopicks": "picks from a stack",
+    "partalign": "2D particle alignment", "maxlikealign": "maximum-likelihood 2D alignment",
+    "topologyalign": "topology-representing-network alignment", "cl2d": "Xmipp CL2D classification",
+    "sparxisac": "SPARX ISAC 2D classification", "imagicmsa": "IMAGIC MSA classification",
+    "createmodel": "initial model", "uploadmodel": "model upload", "uploadtemplate": "template upload",
+    "uploadrecon": "reconstruction upload", "prepfrealign": "Frealign preparation",
+    "preprefine": "refinement preparation (prepRefine*.py)", "jobtest": "classic runJob.py test job",
+}
+
+
+def register_command_type(name: str, description: str) -> JobType:
+    """A job type that runs its command line as given (like 'generic', under its own name)."""
+    return register_job_type(JobType(name, description, _parse_generic, lambda p: [list(p.command)]))
+
+
+for _name, _description in CLASSIC_COMMAND_TYPES.items():
+    register_command_type(_name, _description)
+
+
+def resolve_job_type(jobtype: str) -> str:
+    """The registered type a job of this name runs as: itself, or 'generic' for a name nobody registered
+    (classic runJob.py runs unknown types as generic jobs; the job keeps its name in the database)."""
+    return jobtype if jobtype in JOB_TYPES else "generic"
+
+
+def calc_is_command_type(jobtype: str) -> bool:
+    """True when the type runs a command line as given (generic and the classic command types)."""
+    jt = JOB_TYPES.get(jobtype)
+    return jt is not None and jt.parse is _parse_generic
+
+
+# The refinement job types register themselves (they use the registry above).
+from appion.refine.calc import refinejobs  # noqa: E402,F401
