@@ -8,7 +8,11 @@ micrograph is written as an MRC file and estimated from the file (read included)
 
 Printed per case: errors of the mean defocus, RMS over all directions of the error of the
 defocus-versus-direction profile Δf(θ), phase-shift error; then medians/worst and seconds
-per step.  Usage: python benchmarks/ctf.py [--quick] [--cases N] [--shape 4096]
+per step.  Then, side by side, what a worker spends per micrograph: appion's whole estimate as
+the loop runs it (estimate_ctf_file: read, estimate, OUT.txt + OUT_avrot.txt + the diagnostic
+PNG), wall and CPU seconds, against CTFFIND's (--ctffind EXE, CTFFIND 4.1/5 through appion's
+runner, same box and resolution range; without it, issue 15's measured CTFFIND 5.0.2 figure on
+this machine).  Usage: python benchmarks/ctf.py [--quick] [--cases N] [--shape 4096] [--ctffind EXE]
 """
 from __future__ import annotations
 
@@ -26,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from appion.base.physics import calc_defocus_at_azimuth_A  # noqa: E402
 from appion.base.simulate.calc import MicrographParams, calc_micrograph  # noqa: E402
 from appion.base.simulate.store import write_mrc  # noqa: E402
-from appion.ctfestimation import inputs  # noqa: E402
+from appion.ctfestimation import estimate, inputs  # noqa: E402
 from appion.ctfestimation.calc import internal  # noqa: E402
 
 
@@ -77,18 +81,51 @@ def estimate_from_file(path: Path, params: internal.CtfSearchParams, threads: in
                         "diagnostics": t5 - t4, "total": t5 - t0, "cpu": time.process_time() - c0}
 
 
+# CTFFIND 5.0.2 on a 4096² micrograph, box 512, 30–5 Å, one thread, this machine idle (issue 15).
+CTFFIND5_REFERENCE_S = 0.92
+
+
+def estimate_with_outputs(path: Path, out_dir: Path, params: internal.CtfSearchParams,
+                          threads: int) -> tuple[float, float, dict[str, float]]:
+    """(wall s, CPU s, seconds per step) of the whole worker-side estimate with every output file written."""
+    options = estimate.CtfOptions(**{f: getattr(params, f) for f in params.__dataclass_fields__}, threads=threads)
+    t0, c0 = time.perf_counter(), time.process_time()
+    outcome = estimate.estimate_ctf_file(path, out_dir / (path.stem + ".txt"), options)
+    return time.perf_counter() - t0, time.process_time() - c0, outcome.seconds
+
+
+def time_ctffind(executable: str, path: Path, out_dir: Path, params: internal.CtfSearchParams,
+                 threads: int) -> tuple[float, float]:
+    """(wall s, CPU s of the child) of CTFFIND on one micrograph with the same box, range and search."""
+    from appion.ctfestimation.calc.external.ctffind4 import Ctffind4Params, run_ctffind4
+
+    cp = Ctffind4Params(pixel_size_A=params.pixel_size_A, voltage_kV=params.voltage_kV, cs_mm=params.cs_mm,
+                        defocus_min_A=params.dfmin_A, defocus_max_A=params.dfmax_A, defocus_step_A=params.dfstep_A,
+                        amplitude_contrast=params.amplitude_contrast, box_size_px=params.box,
+                        resmin_A=params.resmin_A, resmax_A=params.resmax_A,
+                        find_phase_shift=params.find_phase_shift, n_threads=threads)
+    r0 = os.times()
+    t0 = time.perf_counter()
+    run_ctffind4(executable, path, out_dir / (path.stem + "_ctffind.mrc"), cp)
+    r1 = os.times()
+    return time.perf_counter() - t0, (r1.children_user - r0.children_user) + (r1.children_system - r0.children_system)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="5 cases instead of 25")
     parser.add_argument("--cases", type=int, default=None, help="number of cases")
     parser.add_argument("--shape", type=int, default=4096, help="micrograph size (px)")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per case and thread count")
+    parser.add_argument("--ctffind", default=None, help="a CTFFIND 4.1/5 executable to time side by side")
     args = parser.parse_args(argv)
     n = args.cases or (5 if args.quick else 25)
     cases = draw_cases(n, args.shape)
     import numba
 
     rows, times = [], {1: [], 2: []}
+    full = {1: [], 2: []}
+    ctffind = {1: [], 2: []}
     with tempfile.TemporaryDirectory(prefix="ctf-bench-") as tmp:
         for i, case in enumerate(cases):
             image, _ = calc_micrograph(case)
@@ -106,6 +143,10 @@ def main(argv=None) -> int:
                 for _ in range(args.repeats):
                     result, sec = estimate_from_file(path, params, threads)
                     times[threads].append(sec)
+                for _ in range(args.repeats):
+                    full[threads].append(estimate_with_outputs(path, Path(tmp), params, threads))
+                if args.ctffind:
+                    ctffind[threads].append(time_ctffind(args.ctffind, path, Path(tmp), params, threads))
             derr, rms, perr = calc_errors(result, case)
             rows.append((case, result, derr, rms, perr))
             mean = 0.5 * (case.defocus1_A + case.defocus2_A)
@@ -134,6 +175,23 @@ def main(argv=None) -> int:
         print(f"--threads {threads}: median wall seconds per {args.shape}² micrograph (read included) "
               f"{med['total']:.3f} (CPU seconds {med['cpu']:.3f}); per step (wall): "
               + ", ".join(f"{k} {v:.3f}" for k, v in med.items() if k not in ("total", "cpu")))
+    print("\nper micrograph on a worker, diagnostics included (read, estimate, OUT.txt, OUT_avrot.txt, OUT.png):")
+    print(f"{'':12s} {'appion wall':>12s} {'appion CPU':>11s} {'png write':>10s} | {'CTFFIND wall':>13s} "
+          f"{'CTFFIND CPU':>12s} | speed-up")
+    for threads in (1, 2):
+        wall = float(np.median([f[0] for f in full[threads]]))
+        cpu = float(np.median([f[1] for f in full[threads]]))
+        write = float(np.median([f[2]["write"] for f in full[threads]]))
+        if ctffind[threads]:
+            c_wall = float(np.median([c[0] for c in ctffind[threads]]))
+            c_cpu = f"{float(np.median([c[1] for c in ctffind[threads]])):12.3f}"
+            c_text = f"{c_wall:13.3f}"
+        else:
+            c_wall, c_cpu, c_text = CTFFIND5_REFERENCE_S, f"{'':12s}", f"{CTFFIND5_REFERENCE_S:12.2f}*"
+        print(f"--threads {threads} {wall:12.3f} {cpu:11.3f} {write:10.3f} | {c_text} {c_cpu} | "
+              f"{c_wall / wall:.2f}×   (target: ≤ 0.45 s, ≥ 2× CTFFIND)")
+    if not args.ctffind:
+        print(f"* CTFFIND 5.0.2 measured on this machine, idle, 1 thread (issue 15); --ctffind EXE measures it here")
     print(f"(machine: {os.cpu_count()} cores, load average {', '.join(f'{x:.2f}' for x in os.getloadavg())})")
     return 0
 
