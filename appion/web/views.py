@@ -12,13 +12,13 @@ import time
 from datetime import datetime, timezone
 from functools import lru_cache
 from pathlib import Path
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit
 
 from django.http import FileResponse, Http404, HttpResponse, JsonResponse
 from django.template import Context, Engine
 from django.views.decorators.http import require_safe
 
-from appion.web import calc, retrieve
+from appion.web import calc, retrieve, security
 
 HERE = Path(__file__).resolve().parent
 STATIC = {"app.js": "text/javascript", "style.css": "text/css"}
@@ -126,8 +126,11 @@ def session_view(request, session_id: int):
              "selected": i == run_id} for i, name, st in retrieve.retrieve_loop_runs(session_id)]
     for item in payload["rows"]:
         item["html"] = _row_html(item)
+    share_url = security.calc_share_url(request.META, f"/session/{session_id}/")  # local users only
+    share_host = urlsplit(share_url).hostname if share_url else None
     return render("session.html", {
-        **payload, "session": session, "runs": runs, "per_page": PER_PAGE,
+        **payload, "session": session, "runs": runs, "per_page": PER_PAGE, "share_url": share_url,
+        "share_loopback": bool(share_host) and security.calc_is_loopback(share_host),
         "prev": _query(run=run_id, page=page - 1) if page > 1 else None,
         "next": _query(run=run_id, page=page + 1) if page < n_pages else None,
         "config": json.dumps({"session": session_id, "run": run_id, "page": page, "interval_ms": 2000})})
