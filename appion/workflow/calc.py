@@ -10,6 +10,7 @@ The JSON form is parsed field by field (never eval), so conditions can live in t
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -247,8 +248,9 @@ class MemoParts:
     """Everything a job's result depends on.
 
     input_digests: content hashes of the input files, in order (names do not matter, contents do);
-    upstream_keys: memo keys of the completed prerequisites named in the condition, so that a
-    changed upstream step also invalidates what follows even when no file carries the change.
+    upstream_keys: memo keys of the completed prerequisites named in the condition (those the job
+    started on: see calc_upstream_key_sets), so that a changed upstream step also invalidates what
+    follows even when no file carries the change.
     """
 
     jobtype: str
@@ -272,3 +274,41 @@ def calc_memo_key(parts: MemoParts) -> str:
         "upstream": sorted(parts.upstream_keys),
     }
     return hashlib.sha256(canonical_json(payload).encode()).hexdigest()
+
+
+MAX_SUBSET_LABELS = 10  # beyond this many finished prerequisites only the full set is tried
+
+
+def calc_upstream_key_sets(cond: Condition | None, states: Mapping[str, str],
+                           keys: Mapping[str, str | None]) -> list[tuple[str, ...]]:
+    """The upstream-key sets a job whose condition holds may have been memoised under, best first.
+
+    The first set is the memo keys of every completed prerequisite now: the key a new execution is
+    stored under.  A job starts as soon as its condition is certainly true, so with an `|` (or a
+    `~`) it may have started while other prerequisites were still running, and its key then holds
+    only the prerequisites finished at that moment, which depends on timing.  On an identical rerun
+    the prerequisites come from the memo in one pass, so more of them have finished when the job is
+    decided.  The later sets are therefore those of every smaller group of finished prerequisites
+    that by itself (the others taken as still running) already makes the condition true, largest
+    groups first, then by label: the situations in which the job could have started before.  A memo
+    entry under any of them is a result computed from exactly those prerequisites' outputs.
+    """
+    if cond is None:
+        return [()]
+    labels = sorted(calc_labels(cond))
+    finished = [lb for lb in labels if states[lb] in TERMINAL_STATES]
+
+    def key_set(group) -> tuple[str, ...]:
+        return tuple(sorted(k for lb in group if states[lb] == COMPLETED and (k := keys.get(lb))))
+
+    out = [key_set(finished)]
+    if len(finished) > MAX_SUBSET_LABELS:
+        return out
+    for size in range(len(finished) - 1, -1, -1):
+        for group in itertools.combinations(finished, size):
+            unknown = {lb: RUNNING for lb in finished if lb not in group}
+            if calc_truth(cond, {**states, **unknown}) is True:
+                candidate = key_set(group)
+                if candidate not in out:
+                    out.append(candidate)
+    return out

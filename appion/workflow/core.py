@@ -43,6 +43,7 @@ from appion.workflow.calc import (
     calc_decision,
     calc_labels,
     calc_memo_key,
+    calc_upstream_key_sets,
     canonical_json,
 )
 # re-exported: part of the public API of workflows
@@ -263,17 +264,22 @@ class Workflow:
             jobtype = get_jobtype(rec.jobtype)
             try:
                 digests = [store.read_input_digest(p) for p in rec.inputs]
-                upstream = [keys[lb] for lb in calc_labels(rec.condition) if states[lb] == COMPLETED and keys[lb]]
-                key = calc_memo_key(MemoParts(rec.jobtype, jobtype.version, jobtype.program_versions(),
-                                              appion.__version__, rec.params, digests, upstream))
+                programs = jobtype.program_versions()
+                # the first key is this run's; the others are those an earlier run may have started it
+                # under, with fewer prerequisites finished (an `|` of prerequisites: calc_upstream_key_sets)
+                candidates = [calc_memo_key(MemoParts(rec.jobtype, jobtype.version, programs, appion.__version__,
+                                                      rec.params, digests, upstream))
+                              for upstream in calc_upstream_key_sets(rec.condition, states, keys)]
             except Exception as exc:  # noqa: BLE001 - a bad input or version probe fails this job only
                 reason = f"job {rec.label!r}: {_describe(exc)}"
                 store.store_outcome(rec.id, FAILED, reason=reason)
                 states[rec.label], reasons[rec.label] = FAILED, reason
                 continue
+            found = store.read_first_memo(candidates)
+            key = candidates[0] if found is None else found[0]
             keys[rec.label] = key
-            memo = store.read_memo(key)
-            if memo is not None:
+            if found is not None:
+                memo = found[1]
                 store.store_outcome(rec.id, COMPLETED, result_json=memo, memo_key=key, memo_hit=True)
                 states[rec.label] = COMPLETED
                 summary.memo_hits.append(rec.label)

@@ -9,6 +9,7 @@ import hashlib
 import json
 import os
 import socket
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -126,6 +127,18 @@ def read_memo(memo_key: str) -> str | None:
     return None if row is None else row.result
 
 
+def read_first_memo(memo_keys: Sequence[str]) -> tuple[str, str] | None:
+    """(key, result JSON) for the first of memo_keys (in the given order) that has a memo, or None."""
+    rows = m.ApWorkflowMemoData.objects.filter(memo_key__in=list(dict.fromkeys(memo_keys))).order_by("-id")
+    newest: dict[str, str] = {}
+    for key, result in rows.values_list("memo_key", "result"):
+        newest.setdefault(key, result)
+    for key in memo_keys:
+        if key in newest:
+            return key, newest[key]
+    return None
+
+
 def store_memo(memo_key: str, jobtype: str, result_json: str, job_id: int) -> None:
     m.ApWorkflowMemoData.objects.create(memo_key=memo_key, jobtype=jobtype, result=result_json, job_id=job_id)
 
@@ -190,5 +203,5 @@ def _file_digest(path: Path) -> str:
 
 
 __all__ = ["InputError", "JobRecord", "make_owner", "claim_job", "read_input_digest", "read_job",
-           "read_jobs", "read_memo", "store_cancelled", "store_job_definition", "store_memo", "store_outcome",
-           "store_reclaimed_orphans", "store_workflow"]
+           "read_jobs", "read_first_memo", "read_memo", "store_cancelled", "store_job_definition", "store_memo",
+           "store_outcome", "store_reclaimed_orphans", "store_workflow"]

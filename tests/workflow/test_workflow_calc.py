@@ -22,6 +22,7 @@ from appion.workflow.calc import (
     calc_labels,
     calc_memo_key,
     calc_truth,
+    calc_upstream_key_sets,
     condition_from_json,
     condition_from_text,
     condition_to_json,
@@ -146,3 +147,22 @@ def test_memo_key_depends_on_every_part_and_not_on_dict_order():
     ]
     keys = {calc_memo_key(v) for v in variants}
     assert key not in keys and len(keys) == len(variants)
+
+
+def test_upstream_key_sets_offer_every_group_of_finished_prerequisites_that_decides_the_condition():
+    """The first set is every completed prerequisite's key (a new execution's); the others are the smaller
+    groups that by themselves already made the condition true (when an `|` job may have started before),
+    largest first, then by label; prerequisites that did not complete contribute no key."""
+    keys = {"a": "ka", "b": "kb", "c": "kc"}
+    both = {"a": COMPLETED, "b": COMPLETED, "c": COMPLETED}
+    assert calc_upstream_key_sets(None, both, keys) == [()]
+    assert calc_upstream_key_sets(a_done | b_done, both, keys) == [("ka", "kb"), ("ka",), ("kb",)]
+    assert calc_upstream_key_sets(a_done | b_done, {**both, "b": RUNNING}, keys) == [("ka",)]
+    assert calc_upstream_key_sets(a_done & b_done, both, keys) == [("ka", "kb")]  # no group smaller than both
+    # ~c.failed is only decided once c has finished: c's key is always part of it
+    assert calc_upstream_key_sets(a_done & ~c_failed, both, keys) == [("ka", "kc")]
+    # started on b's failure alone: no upstream key at all
+    assert calc_upstream_key_sets(a_done | Is("b", FAILED), {**both, "b": FAILED}, keys) == [("ka",), ()]
+    three = Is("c", COMPLETED) | (a_done & b_done)
+    assert calc_upstream_key_sets(three, both, keys) == [("ka", "kb", "kc"), ("ka", "kb"), ("ka", "kc"),
+                                                          ("kb", "kc"), ("kc",)]

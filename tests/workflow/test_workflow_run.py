@@ -6,6 +6,8 @@ hits (no line) and real runs are told apart by what actually ran.
 from __future__ import annotations
 
 import os
+import time
+from pathlib import Path
 
 import pytest
 from distributed import Client
@@ -217,3 +219,50 @@ def test_unserialisable_result_fails_the_job(db, client):
     job = wf.submit("test-badresult", {})
     assert wf.run(client).states == {job.label: FAILED}
     assert "not JSON-serialisable" in job.reason
+
+
+
+def or_step(params: dict, inputs: list[str]) -> str:
+    """Logs its name; "slow" waits (polling, at most 60 s) until the OR job has started."""
+    workdir = Path(params["workdir"])
+    with open(workdir / "executions.log", "a") as fh:
+        fh.write(params["name"] + "\n")
+    if params["name"] == "either":
+        (workdir / "either.started").touch()
+    if params["name"] == "slow":
+        deadline = time.monotonic() + 60
+        while not (workdir / "either.started").exists():
+            if time.monotonic() > deadline:
+                raise RuntimeError("the OR job never started while slow was running")
+            time.sleep(0.01)
+    return params["name"]
+
+
+def test_or_joined_job_is_memoised_on_an_identical_rerun(db, client, tmp_path):
+    """`slow.completed | fast.completed`: on the first run the OR job starts as soon as `fast` completes,
+    while `slow` still runs (slow waits for the OR job to start, so the order is certain).  On an
+    identical rerun every prerequisite comes from the memo before the OR job is decided, so both are
+    completed by then; the OR job must still come from the memo (it used to run once more: its key then
+    took both prerequisites' keys instead of the one it had started on)."""
+    register_jobtype("test-orstep", or_step)
+
+    def run_script():
+        (tmp_path / "either.started").unlink(missing_ok=True)
+        wf = Workflow("or-rerun")
+        step = lambda name, **kw: wf.submit("test-orstep", {"workdir": str(tmp_path), "name": name},  # noqa: E731
+                                            name=name, **kw)
+        slow, fast = step("slow"), step("fast")
+        either = step("either", when=slow.completed | fast.completed)
+        after = step("after", when=either.completed)
+        return wf.run(client), either, after
+
+    first, either, after = run_script()
+    assert first.states == {"slow": COMPLETED, "fast": COMPLETED, "either": COMPLETED, "after": COMPLETED}
+    assert sorted(first.executed) == ["after", "either", "fast", "slow"]
+    executed_once = read_executions(tmp_path)
+    assert sorted(executed_once) == ["after", "either", "fast", "slow"]
+    for _ in range(2):  # identical reruns: nothing executes, every job from the memo
+        again, either, after = run_script()
+        assert again.executed == [] and again.memo_hits == ["slow", "fast", "either", "after"]
+        assert either.memo_hit and after.memo_hit and either.result == "either"
+    assert read_executions(tmp_path) == executed_once
