@@ -189,3 +189,19 @@ def test_prepare_refuses_bad_requests(db, sim, capsys):
     assert not (runs / "p1" / "start.hed").exists()  # no partial outputs
     assert not list(runs.rglob(".*.part")) if runs.exists() else True
     assert m.ApPrepRefineData.objects.count() == 0
+
+
+def test_paramonly_writes_only_the_parameter_file_naming_the_stack_as_it_is(db, sim, capsys):
+    from appion.refine import cli
+
+    session_id = simdata.store_session(sim)
+    out = db.appion_base / "preptests" / "paronly"
+    assert cli.main_prep_relion([f"--stackid={sim.star}", f"--modelid={sim.model}", "-N", "8", "-n", "paronly",
+                                 "-R", str(out), f"--expid={session_id}", "--paramonly", "--bin=2",
+                                 "--no-commit"]) == 0
+    assert capsys.readouterr().err.count("warning: --paramonly") == 1
+    parts = starfile.read(out / "particles.star", always_dict=True)["particles"]
+    assert parts["rlnImageName"].tolist() == [f"{i:06d}@{sim.stack}" for i in range(1, 9)]
+    assert not (out / "particles.mrcs").exists()
+    with mrcfile.open(out / "model.mrc") as mrc:
+        assert mrc.data.shape == (32, 32, 32)  # not binned: it must match the stack as it is
