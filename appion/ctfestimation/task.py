@@ -4,9 +4,12 @@ Runs on Dask workers: no Django here or in anything imported at the top.
 """
 from __future__ import annotations
 
+import dataclasses
+import logging
 import math
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from appion.base.exposure import ExposureInput
@@ -15,6 +18,51 @@ from appion.base.versions import calc_executable_version
 from appion.ctfestimation.records import CtfInput, CtfRecord, CtfSettings
 
 PROGRAMS = {"ctffind4": "ctffind4", "gctf": "gctf"}
+MIN_BOX_PX = 64  # the smallest spectrum box any engine accepts
+
+log = logging.getLogger("appion.ctf")
+
+
+@dataclass(frozen=True)
+class CtfRecordWithNotes(CtfRecord):
+    """A CtfRecord with warnings about how the fit was made (e.g. a smaller box than asked); shown in the
+    loop's line for the exposure."""
+
+    notes: tuple[str, ...] = ()
+
+
+def calc_box_that_fits(box_px: int, shape_yx: tuple[int, int], minimum_px: int = MIN_BOX_PX) -> int | None:
+    """The spectrum box to use on an image of shape_yx: box_px when it fits, else the largest power of two that
+    fits (even, as every engine needs); None when not even minimum_px fits."""
+    side = min(int(shape_yx[0]), int(shape_yx[1]))
+    if box_px <= side:
+        return box_px
+    fit = 1 << (side.bit_length() - 1) if side > 0 else 0
+    return fit if fit >= minimum_px else None
+
+
+def read_image_shape(path: str) -> tuple[int, int]:
+    """(ny, nx) of an MRC image from its header."""
+    import mrcfile
+
+    with mrcfile.open(path, header_only=True, permissive=True) as mrc:
+        return int(mrc.header.ny), int(mrc.header.nx)
+
+
+def calc_fitting_settings(inp: CtfInput, settings: CtfSettings) -> tuple[CtfSettings, tuple[str, ...]]:
+    """The settings with a box (--fieldsize) that fits the image, and a note when it had to shrink; ValueError
+    naming the image when even the smallest box does not fit."""
+    shape = read_image_shape(inp.image_path)
+    box = calc_box_that_fits(settings.fieldsize, shape)
+    if box is None:
+        raise ValueError(f"{inp.image_path}: the image ({shape[1]}×{shape[0]} px) is smaller than the smallest CTF "
+                         f"box ({MIN_BOX_PX} px)")
+    if box == settings.fieldsize:
+        return settings, ()
+    note = (f"CTF box (--fieldsize) {settings.fieldsize} px is larger than the {shape[1]}×{shape[0]} px image "
+            f"{Path(inp.image_path).name}: used {box} px")
+    log.warning("%s", note)
+    return dataclasses.replace(settings, fieldsize=box), (note,)
 
 
 def calc_engine_version(settings: CtfSettings) -> str:
@@ -49,13 +97,14 @@ def run_ctf_task(task: StepInput, settings: CtfSettings) -> CtfRecord:
     inp = calc_ctf_input(task)
     if not Path(inp.image_path).exists():
         raise FileNotFoundError(f"{inp.image_path}: image to CTF-estimate does not exist")
+    settings, notes = calc_fitting_settings(inp, settings)
     out = run_ctf_engine(inp, settings, run, task.lease.get("gpu"))
     r = out["result"]
     graphs = tuple(os.path.relpath(p, run) if p else None for p in out["graphs"])
-    return CtfRecord(inp.source_id, inp.image_id, r.defocus1_A, r.defocus2_A, r.astig_angle_deg, r.phase_shift_rad,
-                     r.cross_correlation, r.fit_resolution_A, r.confidence_30_10, r.confidence_5_peak,
-                     r.resolution_80_percent_A, r.resolution_50_percent_A, graphs, time.perf_counter() - start,
-                     worker_name())
+    return CtfRecordWithNotes(inp.source_id, inp.image_id, r.defocus1_A, r.defocus2_A, r.astig_angle_deg,
+                              r.phase_shift_rad, r.cross_correlation, r.fit_resolution_A, r.confidence_30_10,
+                              r.confidence_5_peak, r.resolution_80_percent_A, r.resolution_50_percent_A, graphs,
+                              time.perf_counter() - start, worker_name(), notes)
 
 
 def calc_ctf_search_range_A(inp: CtfInput, settings: CtfSettings) -> tuple[float, float]:
@@ -131,5 +180,6 @@ def calc_builtin_options(options_type, inp: CtfInput, settings: CtfSettings, low
 
 
 def describe_ctf_record(record: CtfRecord) -> str:
-    return (f"ctf {record.seconds:.1f} s (defocus {record.defocus1_A / 1e4:.3f}/{record.defocus2_A / 1e4:.3f} µm,"
+    text = (f"ctf {record.seconds:.1f} s (defocus {record.defocus1_A / 1e4:.3f}/{record.defocus2_A / 1e4:.3f} µm,"
             f" fit to {record.fit_resolution_A:.1f} Å)")
+    return "".join([text, *(f" [warning: {note}]" for note in getattr(record, "notes", ()))])

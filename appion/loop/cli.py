@@ -27,8 +27,17 @@ def add_loop_options(p: argparse.ArgumentParser) -> None:
                    help="exit once caught up and no exposure arrived for --idle seconds")
     p.add_argument("--idle", type=float, default=10.0, help="seconds without new exposures before --no-wait exits")
     p.add_argument("--poll", type=float, default=2.0, help="seconds between database polls")
-    p.add_argument("--retries", type=int, default=2, help="retries of a failed exposure step before giving up")
-    p.add_argument("--backoff", type=float, default=10.0, help="seconds before the first retry (doubling)")
+    p.add_argument("--retries", type=int, default=6,
+                   help="retries of an exposure step after a transient failure (disk full, I/O error, lost worker, "
+                        "database, a movie still being written) before giving up; bad input (an unreadable movie, "
+                        "a gain that does not fit, missing pixel size) fails at once")
+    p.add_argument("--backoff", type=float, default=10.0,
+                   help="seconds before the first retry (doubling, at most 5 minutes)")
+    p.add_argument("--retry-failed", action="store_true",
+                   help="try again the exposures that failed permanently in earlier starts of this run")
+    p.add_argument("--db-start-wait", type=float, default=60.0,
+                   help="seconds to wait for a database that has not answered since the start before giving up "
+                        "(outages after it answered are waited out)")
     p.add_argument("--grace", type=float, default=120.0, help="seconds in-flight tasks may finish after SIGTERM")
     p.add_argument("--order", choices=("oldest", "newest"), default="oldest")
     p.add_argument("--max-in-flight", type=int, help="tasks submitted at once (default 2 per task slot)")

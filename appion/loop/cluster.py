@@ -19,9 +19,12 @@ from __future__ import annotations
 import logging
 import os
 import re
+import shutil
 from dataclasses import dataclass
 
 import dask
+
+from appion.loop.calc import LoopError
 
 log = logging.getLogger("appion.cluster")
 
@@ -121,6 +124,30 @@ def calc_jobqueue_kwargs(settings: ClusterSettings) -> dict:
     return kwargs
 
 
+class ClusterError(LoopError):
+    """The cluster cannot be used as asked (e.g. its scheduler's submit command is not installed here)."""
+
+
+def check_submit_command(kind: str, command: str, path: str | None = None) -> str:
+    """The full path of the batch scheduler's submit command (e.g. qsub for --cluster pbs), else ClusterError
+    naming it: without it dask-jobqueue would retry submitting forever and the loop would wait silently."""
+    found = shutil.which(command, path=path)
+    if found is None:
+        raise ClusterError(f"--cluster {kind}: the scheduler's submit command {command!r} is not on PATH "
+                           f"({len((path or os.environ.get('PATH', '')).split(os.pathsep))} directories searched); "
+                           "install the scheduler's client or choose another --cluster")
+    return found
+
+
+def check_cluster_commands(kind: str) -> str | None:
+    """For a batch cluster kind: the path of its submit command (ClusterError when missing); None for local."""
+    if kind == "local":
+        return None
+    if kind not in KINDS:
+        raise ClusterError(f"unknown cluster kind {kind!r} (choose from {', '.join(KINDS)})")
+    return check_submit_command(kind, _jobqueue_class(kind).job_cls.submit_command)
+
+
 def start_cluster(settings: ClusterSettings):
     """Start the cluster and a client; returns (cluster, client, n_task_slots).
 
@@ -141,6 +168,7 @@ def start_cluster(settings: ClusterSettings):
                                dashboard_address=settings.dashboard_address, silence_logs=logging.WARNING)
         slots = workers
     elif settings.kind in KINDS:
+        check_cluster_commands(settings.kind)
         cls = _jobqueue_class(settings.kind)
         cluster = cls(**calc_jobqueue_kwargs(settings))
         maximum = settings.maximum if settings.maximum is not None else 2

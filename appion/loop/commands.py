@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from appion.base.names import BadNameError, check_name
 from appion.base.steps import StepError, get_step
 from appion.loop.calc import LoopError, calc_percentile
 from appion.loop.cluster import ClusterSettings
@@ -28,6 +29,7 @@ def settings_from_args(args: argparse.Namespace):
     """LoopSettings from `appion loop` options; each named step builds its own settings from its options."""
     from appion.loop.core import LoopSettings
 
+    check_name("--runname", args.runname)
     steps = calc_step_names(args.steps)
     step_settings = {}
     for name in steps:
@@ -42,7 +44,8 @@ def settings_from_args(args: argparse.Namespace):
                               dashboard_address=args.dashboard_address)
     return LoopSettings(session=args.session, preset=args.preset, steps=steps, step_settings=step_settings,
                         runname=args.runname, wait=args.wait, idle_s=args.idle, poll_s=args.poll,
-                        retries=args.retries, backoff_s=args.backoff, grace_s=args.grace, order=args.order,
+                        retries=args.retries, backoff_s=args.backoff, retry_failed=args.retry_failed,
+                        db_start_wait_s=args.db_start_wait, grace_s=args.grace, order=args.order,
                         max_in_flight=args.max_in_flight, limit=args.limit, skip_rejected=args.skip_rejected,
                         tilt=args.tiltangle, reuse=args.reuse, cluster=cluster, gpu_ids=args.gpuids,
                         services_dir=args.services_dir, lease_timeout_s=args.lease_timeout,
@@ -67,13 +70,23 @@ def print_summary(summary) -> None:
 
 
 def run_and_report(settings, error_prefix: str) -> int:
-    """Run one loop and print its summary (exit 0); a person's error is one line `PREFIX: message` (exit 2)."""
+    """Run one loop and print its summary (exit 0).  A person's error (no such session, a bad name, the run held
+    by another loop), a file system error (a full disk) or a database that does not answer ends it with one
+    line `PREFIX: message` and exit 2 (the run, when registered, is marked E)."""
+    from appion.loop.calc import one_line
     from appion.loop.core import run_loop, user_errors
+    from appion.loop.db import db_errors
 
     try:
         summary = run_loop(settings)
     except user_errors() as exc:
         print(f"{error_prefix}: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"{error_prefix}: {one_line(exc)}", file=sys.stderr)
+        return 2
+    except db_errors() as exc:
+        print(f"{error_prefix}: the database did not answer: {one_line(exc)}", file=sys.stderr)
         return 2
     print_summary(summary)
     return 0
@@ -82,7 +95,7 @@ def run_and_report(settings, error_prefix: str) -> int:
 def cmd_loop(args) -> int:
     try:
         settings = settings_from_args(args)
-    except (LoopError, StepError) as exc:  # e.g. a malformed --patches, an unknown step
+    except (LoopError, StepError, BadNameError) as exc:  # e.g. a malformed --patches, an unknown step, --runname ../x
         print(f"appion: {exc}", file=sys.stderr)
         return 2
     return run_and_report(settings, "appion")

@@ -8,22 +8,25 @@ Shape of the loop (one process, the only database writer):
       → submit while fewer than --max-in-flight tasks are out
       → as tasks finish: the step stores its rows (idempotent), the future is released, the
         exposure's conditions are evaluated again
-      → errors: record attempt + error, retry after a back-off, then mark permanently failed
-        (its dependents are cancelled with the reason).
+      → errors: transient ones (OSError such as a full disk, a movie still being written, a lost worker,
+        database errors, crashes of external programs) are retried after a back-off (--retries times);
+        deterministic ones (bad input: ValueError, MovieError, missing physics) fail permanently at once;
+        either way the reason names the file and the dependents are cancelled with it.
+      → one loop per run: the run's ApLoopRunData row (R + host + pid + heartbeat) is taken atomically
+        at set-up (appion.loop.runsetup); a live holder refuses the start, a dead one is taken over.
 
 The loop knows no step by name: steps come from appion.base.steps (one registry).  A step run's
 memo key (its parameters, engine and program version, appion version, the upstream steps' keys)
 decides whether an earlier loop run of the session already holds its results: then those are
 reused (not copied) and only the steps whose key changed are computed.  Task keys are
 deterministic (step, exposure id, memo key, attempt).  Every store is idempotent, so a restart
-after SIGKILL stores nothing twice and skips nothing.  Database outages are waited out.
+after SIGKILL stores nothing twice and skips nothing.  Database outages are waited out, except once the
+grace after SIGTERM has run out, or when the database never answered since the start (--db-start-wait).
 """
 from __future__ import annotations
 
 import heapq
-import json
 import logging
-import os
 import signal
 import time
 from pathlib import Path
@@ -31,21 +34,23 @@ from typing import Any
 
 from distributed import wait
 
-import appion
-from appion.base.db import current_config, use_appion_database
+from appion.base.db import current_config
 from appion.base.db import models as m
 from appion.base.db.models.loop import DONE, FAILED, QUEUED, RETRY, RUNNING
-from appion.base.io.files import write_text_atomic
+from appion.base.names import check_name
 from appion.base.session import retrieve as r
 from appion.base.session import store as st
 from appion.base.steps import Step, StepInput, StepRun, calc_step_order, calc_upstream, load_steps
 from appion.loop import store as ls
-from appion.loop.calc import (LoopError, calc_backoff_s, calc_params_hash, calc_task_key, calc_tilt_skip, one_line)
-from appion.loop.cluster import ClusterSettings, describe_dashboard, start_cluster, stop_cluster
-from appion.loop.db import DatabaseRetry, db_errors, retrieve_exposure_inputs
+from appion.loop.calc import (DETERMINISTIC, HEARTBEAT_S, LoopError, calc_backoff_s, calc_error_kind,
+                              calc_reason_naming_file, calc_task_key, calc_tilt_skip, one_line)
+from appion.loop.cluster import (ClusterSettings, check_cluster_commands, describe_dashboard, start_cluster,
+                                 stop_cluster)
+from appion.loop.db import DatabaseRetry, db_errors, retrieve_exposure_inputs, retrieve_exposure_rows
 from appion.loop.records import LoopSettings, LoopSummary, Work, user_errors  # noqa: F401 (the loop's API)
+from appion.loop.runsetup import RunSetup
 from appion.loop.tasks import TaskSpec, run_step_task, warm_up_plugin
-from appion.workflow.calc import CANCELLED, COMPLETED, WAITING, AllOf, Is, MemoParts, calc_decision, calc_memo_key
+from appion.workflow.calc import CANCELLED, COMPLETED, WAITING, AllOf, Is, calc_decision
 from appion.workflow.calc import FAILED as WF_FAILED
 from appion.workflow.calc import RUNNING as WF_RUNNING
 
@@ -55,14 +60,18 @@ TILT_CHOICES = ("all", "notilt", "hightilt", "lowtilt", "minustilt", "plustilt")
 TERMINAL = (COMPLETED, WF_FAILED, CANCELLED)
 
 
-class Loop:
+class Loop(RunSetup):
     """One loop run over one session.  State is real here: queues, in-flight futures, attempts."""
 
     def __init__(self, settings: LoopSettings):
         self.s = settings
+        check_name("--runname", settings.runname)  # it becomes a directory name
         self.cluster_settings = settings.cluster or ClusterSettings()
+        if self.cluster_settings.kind != "local":  # a missing qsub/sbatch/bsub fails now, not after a silent wait
+            check_cluster_commands(self.cluster_settings.kind)
         self.stop_requested = self.hard_stop = False
-        self.db = DatabaseRetry(should_give_up=lambda: self.hard_stop)
+        self.stop_deadline: float | None = None
+        self.db = DatabaseRetry(should_give_up=self._should_give_up_db, start_wait_s=settings.db_start_wait_s)
         self.summary = LoopSummary()
         defs = load_steps()
         self.order = calc_step_order(tuple(settings.steps), defs) if settings.steps else ()
@@ -97,84 +106,19 @@ class Loop:
         self.job_ids: list[int] = []
         self.cluster = self.client = None
         self.task_slots = 1
+        self.reread: set[int] = set()  # exposures whose inputs are read again before their retry
+        self.session = None
+        self.stuck_job_clusters: set[str] = set()  # cluster kinds of earlier starts that died while running
+        self.next_beat = 0.0
 
-    # ------------------------------------------------------------------ set-up
-    def calc_memo_keys(self) -> None:
-        """Each step's memo key: parameters, engine + program version, appion version, upstream keys."""
-        for n in self.order:
-            self.versions[n] = self.engines[n].calc_version(self.settings[n])
-            parts = MemoParts(jobtype=f"appion-step:{n}", jobtype_version=self.engines[n].name,
-                              program_versions={self.engines[n].name: self.versions[n]},
-                              appion_version=appion.__version__, params=self.settings[n].hashed(),
-                              input_digests=(), upstream_keys=tuple(self.memo[u] for u in self.upstream[n]))
-            self.memo[n] = calc_memo_key(parts)
-        self.run_hash = calc_params_hash({"steps": self.order, "preset": self.s.preset, "memo": self.memo})
-
-    def _default_rundir(self, step: str) -> Path:
-        if self.s.rundirs.get(step):
-            return Path(self.s.rundirs[step]).resolve()
-        return current_config().appion_base / self.s.session / self.defs[step].rundir_kind / self.s.runname
-
-    def setup(self) -> None:
-        self.calc_memo_keys()
-        self.session = self.db(r.retrieve_session, self.s.session, what="reading the session")
-        if self.session is None:
-            raise LoopError(f"session {self.s.session!r} not found in the Leginon database "
-                            f"(import one with `appion session import --name {self.s.session} ...`)")
-        self.db(use_appion_database, self.s.project_id, what="choosing the appion database")
-        self.preset_ids = (self.db(r.retrieve_preset_ids, self.session.id, self.s.preset, what="reading presets")
-                           if self.s.preset else None)
-        for n in self.order:
-            self.step_runs[n] = StepRun(n, None, self._default_rundir(n), self.session.id, self.session.name,
-                                        self.s.runname, self.settings[n], commit=self.storing[n],
-                                        preset_id=self.preset_ids[0] if self.preset_ids else None)
-        if self.s.commit:
-            self.db(self._store_runs, what="registering the run")
-        for run in self.step_runs.values():
-            run.rundir.mkdir(parents=True, exist_ok=True)
-        self._write_params_file()
-
-    def _store_runs(self) -> None:
-        first = self.step_runs[self.order[0]].rundir
-        params = json.dumps({"steps": list(self.order), "preset": self.s.preset,
-                             **{n: self.settings[n].hashed() for n in self.order}}, default=str)
-        looprun = ls.store_loop_run(self.s.runname, self.session.id, ",".join(self.order), self.run_hash, params,
-                                    first, os.getpid(), time.time())
-        self.looprun_id = looprun.id
-        for n in self.order:
-            run = self.step_runs[n]
-            run_id, rundir, reused = None, run.rundir, False
-            if self.storing[n]:
-                earlier = (ls.retrieve_memo_step_run(self.session.id, n, self.memo[n])
-                           if self.s.reuse and self.s.continue_run else None)
-                if earlier is not None:
-                    run_id, rundir = earlier.run_id, Path(earlier.rundir)
-                    reused = earlier.looprun_id != self.looprun_id
-                else:
-                    run_id = self.defs[n].store_run(run)
-            ls.store_step_run(self.looprun_id, self.session.id, n, self.memo[n], run_id, str(rundir),
-                              json.dumps(self.settings[n].hashed(), default=str),
-                              json.dumps({"engine": self.engines[n].name, "program": self.versions[n],
-                                          "appion": appion.__version__}), reused)
-            self.step_runs[n] = StepRun(n, run_id, rundir, run.session_id, run.session_name, run.runname,
-                                        run.settings, run.commit, run.preset_id)
-            self.summary.reused[n] = reused
-            if reused:
-                log.info("step %s: parameters and versions unchanged since an earlier run; reusing its results "
-                         "(%s)", n, rundir)
-        for n in self.order:
-            job = st.store_appion_job(f"{self.s.runname}.appionsub.job", self.step_runs[n].rundir, self.s.jobtype,
-                                      self.session.id, status="R", cluster=self.cluster_settings.kind)
-            self.job_ids.append(job.id)
-            st.store_program_run(self.s.program, self.s.runname, self.step_runs[n].rundir, job.id, self.session.id,
-                                 list(self.s.script_params))
-
-    def _write_params_file(self) -> None:
-        text = json.dumps({"session": self.s.session, "runname": self.s.runname, "steps": list(self.order),
-                           "settings": {n: self.settings[n].hashed() for n in self.order},
-                           "versions": self.versions, "memo": self.memo, "hash": self.run_hash}, indent=1, default=str)
-        for run in self.step_runs.values():
-            write_text_atomic(run.rundir / f"{self.s.runname}.loop-params.json", text)
+    def _should_give_up_db(self) -> bool:
+        """Database outages are waited out, except after a second signal, once the grace after a stop request
+        has run out, or on a stop request before the database ever answered (nothing to finish then)."""
+        if self.hard_stop:
+            return True
+        if not self.stop_requested:
+            return False
+        return not self.db.answered or time.monotonic() >= (self.stop_deadline or 0.0)
 
     # ------------------------------------------------------------------ polling
     def poll(self) -> int:
@@ -196,11 +140,15 @@ class Loop:
         if self.s.skip_rejected and rows:
             rejected = r.retrieve_rejected_image_ids([row["id"] for row in rows])
             rows = [row for row in rows if row["id"] not in rejected]
-        inputs = retrieve_exposure_inputs(self.session, rows) if rows else {}
+        inputs, problems = retrieve_exposure_inputs(self.session, rows) if rows else ({}, {})
         if self.s.tilt != "all":
             inputs = {i: x for i, x in inputs.items() if not calc_tilt_skip(x.tilt_deg, self.s.tilt)}
         ids = sorted(inputs)
-        states, outputs, existing = self._read_progress(ids, inputs) if ids else ({}, {}, {})
+        states, outputs, existing, requeue = self._read_progress(ids, inputs) if ids else ({}, {}, {}, [])
+        if requeue and self.s.commit:  # --retry-failed: permanent failures of earlier starts are tried again
+            ls.store_loop_exposures_status(requeue, QUEUED, attempts=0, last_error=None, finished=None,
+                                           retry_after=None)
+        unprocessable = self._store_unprocessable(problems) if problems else {}
         chosen = [i for i in ids if any(s not in TERMINAL for s in states[i].values())]
         if self.s.order == "newest":
             chosen.reverse()  # --limit with newest first keeps the newest
@@ -212,9 +160,13 @@ class Loop:
         # database work done: now the in-memory state
         for key, (row_id, _, attempts) in existing.items():
             self.rows[key] = row_id
-            self.attempts[key] = attempts
+            self.attempts[key] = 0 if row_id in requeue else attempts
         self.rows.update(created)
         self.high_water = high_water
+        for (image_id, step), reason in unprocessable.items():
+            self.summary.failed[(image_id, step)] = reason
+            if not self.upstream[step]:
+                log.error("exposure %s %s cannot be processed: %s", image_id, step, reason)
         for image_id in chosen:
             self.accepted += 1
             self.inputs[image_id] = inputs[image_id]
@@ -226,6 +178,29 @@ class Loop:
             self.last_arrival = time.monotonic()
         return len(chosen)
 
+    def _store_unprocessable(self, problems: dict[int, str]) -> dict[tuple[int, str], str]:
+        """Exposures whose inputs are unusable (e.g. no pixel size recorded): each step's row is a permanent
+        failure with the reason (its first steps) or `not run: ... failed` (the steps after), without a task.
+        Exposures already failed in an earlier start are left as they are (unless --retry-failed)."""
+        existing = ls.retrieve_loop_exposures(self.looprun_id, sorted(problems)) if self.looprun_id is not None else {}
+        out = {}
+        for image_id, why in problems.items():
+            if (not self.s.retry_failed and self.s.continue_run
+                    and all(existing.get((image_id, n), (0, "", 0))[1] == FAILED for n in self.order)):
+                continue
+            for n in self.order:
+                out[(image_id, n)] = why if not self.upstream[n] else f"not run: {', '.join(self.upstream[n])} failed"
+        if self.s.commit and out:
+            now = time.time()
+            new = [(i, n, now) for i, n in out if (i, n) not in existing]
+            ids = {**{k: v[0] for k, v in existing.items()}, **(ls.store_loop_exposures(self.looprun_id, new)
+                                                               if new else {})}
+            for key, reason in out.items():
+                if key in ids:
+                    ls.store_loop_exposure_fields(ids[key], status=FAILED, attempts=0, last_error=reason[:500],
+                                                  finished=now)
+        return out
+
     def _in_id_range(self, image_id: int) -> bool:
         if self.s.start_image_id is not None and image_id < self.s.start_image_id:
             return False
@@ -234,7 +209,8 @@ class Loop:
         return self.s.image_ids is None or image_id in self.s.image_ids
 
     def _read_progress(self, ids: list[int], inputs: dict):
-        """Per exposure and step: COMPLETED (stored by this step run), FAILED (permanently, earlier) or WAITING."""
+        """Per exposure and step: COMPLETED (stored by this step run), FAILED (permanently, earlier) or WAITING;
+        with --retry-failed an earlier permanent failure is WAITING and its row is listed to be queued again."""
         existing = ls.retrieve_loop_exposures(self.looprun_id, ids) if self.looprun_id is not None else {}
         outputs: dict[tuple[int, str], Any] = {}
         if self.s.continue_run:
@@ -243,18 +219,21 @@ class Loop:
                 if self.storing[n] and run.run_id is not None:
                     for image_id, out in self.defs[n].done(run, ids, inputs).items():
                         outputs[(image_id, n)] = out
-        states = {}
+        states, requeue = {}, []
         for image_id in ids:
             states[image_id] = {}
             for n in self.order:
+                row_id, status, _ = existing.get((image_id, n), (0, "", 0))
                 if (image_id, n) in outputs:
                     states[image_id][n] = COMPLETED
-                elif self.s.continue_run and existing.get((image_id, n), (0, "", 0))[1] == FAILED:
+                elif self.s.continue_run and status == FAILED and not self.s.retry_failed:
                     states[image_id][n] = WF_FAILED
                     self.summary.failed[(image_id, n)] = "permanently failed in an earlier run"
                 else:
                     states[image_id][n] = WAITING
-        return states, outputs, existing
+                    if status == FAILED:
+                        requeue.append(row_id)
+        return states, outputs, existing, requeue
 
     # ------------------------------------------------------------------ conditions
     def _advance(self, image_id: int) -> None:
@@ -333,10 +312,23 @@ class Loop:
         return TaskSpec(step, self.defs[step].task_for(engine.name), engine.needs, services_dir,
                         self.s.lease_timeout_s)
 
+    def _reread_input(self, image_id: int) -> str | None:
+        """Read an exposure's inputs again before retrying it; returns why it cannot be processed, if so."""
+        inputs, problems = retrieve_exposure_inputs(self.session, retrieve_exposure_rows(self.session.id, [image_id]))
+        if image_id in inputs:
+            self.inputs[image_id] = inputs[image_id]
+        return problems.get(image_id)
+
     def submit_ready(self) -> int:
         now = time.time()
         while self.retry_heap and self.retry_heap[0][0] <= now:
             _, _, image_id, step = heapq.heappop(self.retry_heap)
+            if image_id in self.reread:  # its registration may have changed meanwhile (frames, optics)
+                self.reread.discard(image_id)
+                problem = self.db(self._reread_input, image_id, what="reading an exposure again")
+                if problem:
+                    self._failed(image_id, step, problem, DETERMINISTIC)
+                    continue
             self._enqueue(image_id, step)
         submitted = []
         while self.queue and len(self.inflight) < self.max_in_flight():
@@ -384,14 +376,15 @@ class Loop:
                 self._store(work, work.future.result())
                 return
             except db_errors():
-                raise  # only when giving up on a dead database during a hard stop
+                raise  # only when giving up on a dead database after a stop request
             except Exception as exc:  # storing failed for a reason of this exposure (bad data)
-                self._failed(work, f"storing the result: {one_line(exc)}")
+                self._failed(work.image_id, work.step, f"storing the result: {one_line(exc)}", calc_error_kind(exc))
                 return
         if status in ("cancelled", "lost"):
-            self._failed(work, f"task {status} (its worker went away)")
+            self._failed(work.image_id, work.step, f"task {status} (its worker went away)", calc_error_kind(None))
             return
-        self._failed(work, one_line(work.future.exception()))
+        exc = work.future.exception()
+        self._failed(work.image_id, work.step, one_line(exc), calc_error_kind(exc))
 
     def _store(self, work: Work, record) -> None:
         key = (work.image_id, work.step)
@@ -415,29 +408,37 @@ class Loop:
         self.states[work.image_id][work.step] = COMPLETED
         self._advance(work.image_id)
 
-    def _failed(self, work: Work, reason: str) -> None:
-        key = (work.image_id, work.step)
+    def _failed(self, image_id: int, step: str, reason: str, kind: str) -> None:
+        """A failed attempt: a transient one is retried after a back-off (at most --retries times), a
+        deterministic one (bad input) fails permanently at once; the reason names the exposure's file."""
+        key = (image_id, step)
         attempts = self.attempts.get(key, 0) + 1
         self.attempts[key] = attempts
         row = self.rows.get(key)
-        name = self.inputs[work.image_id].filename
-        if attempts <= self.s.retries:
+        inp = self.inputs[image_id]
+        name = inp.filename
+        reason = calc_reason_naming_file(reason, name, inp.movie_path)
+        if kind != DETERMINISTIC and attempts <= self.s.retries:
             delay = calc_backoff_s(self.s.backoff_s, attempts)
-            log.warning("%s %s attempt %d failed: %s; retrying in %.0f s", name, work.step, attempts, reason, delay)
+            log.warning("%s %s attempt %d failed: %s; retrying in %.0f s", name, step, attempts, reason, delay)
             self.seq += 1
-            heapq.heappush(self.retry_heap, (time.time() + delay, self.seq, work.image_id, work.step))
+            heapq.heappush(self.retry_heap, (time.time() + delay, self.seq, image_id, step))
+            self.reread.add(image_id)
             if row is not None and self.s.commit:
                 self.db(ls.store_loop_exposure_fields, row, status=RETRY, attempts=attempts, last_error=reason,
                         retry_after=time.time() + delay, what="recording a failed attempt")
             return
-        log.error("%s %s permanently failed after %d attempts: %s", name, work.step, attempts, reason)
+        if kind == DETERMINISTIC:
+            log.error("%s %s failed (bad input: not retried): %s", name, step, reason)
+        else:
+            log.error("%s %s permanently failed after %d attempts: %s", name, step, attempts, reason)
         self.summary.failed[key] = reason
         self.reasons[key] = reason
         if row is not None and self.s.commit:
             self.db(ls.store_loop_exposure_fields, row, status=FAILED, attempts=attempts, last_error=reason,
                     finished=time.time(), what="recording a permanent failure")
-        self.states[work.image_id][work.step] = WF_FAILED
-        self._advance(work.image_id)  # dependents are cancelled, with this reason
+        self.states[image_id][step] = WF_FAILED
+        self._advance(image_id)  # dependents are cancelled, with this reason
 
     # ------------------------------------------------------------------ running
     def idle_and_caught_up(self) -> bool:
@@ -465,12 +466,20 @@ class Loop:
                 publish_service(ServiceSpec("gpu", slots, per_host=True, lease_timeout_s=self.s.lease_timeout_s),
                                 root)
 
+    def _beat(self) -> None:
+        """Write the heartbeat (which keeps the run's lock) when it is due."""
+        now = time.monotonic()
+        if self.s.commit and self.looprun_id and now >= self.next_beat:
+            self.db(ls.store_loop_run_fields, self.looprun_id, heartbeat=time.time(), what="heartbeat")
+            self.next_beat = now + HEARTBEAT_S
+
     def run(self) -> LoopSummary:
-        self.setup()
         error = None
         try:
+            self.setup()  # inside: a failure after the run is registered (a full disk ...) marks it E
             self._publish_services()
             self.cluster, self.client, self.task_slots = start_cluster(self.cluster_settings)
+            self._beat()
             try:
                 modules = tuple(mod for n in self.order for mod in (self.defs[n].task_for(self.engines[n].name).module,
                                                                    *self.engines[n].modules))
@@ -483,7 +492,7 @@ class Loop:
             if self.s.commit and self.looprun_id:  # the web viewer links it from the session page
                 self.db(ls.store_loop_run_fields, self.looprun_id, dashboard=dashboard,
                         what="recording the dashboard address")
-            next_poll = next_beat = 0.0
+            next_poll = 0.0
             while not self.stop_requested:
                 now = time.monotonic()
                 if now >= next_poll:
@@ -492,9 +501,7 @@ class Loop:
                         self.session_done = self.db(r.retrieve_session_done, self.session.id,
                                                     what="checking whether the session is done")
                     next_poll = now + self.s.poll_s
-                if self.s.commit and self.looprun_id and now >= next_beat:
-                    self.db(ls.store_loop_run_fields, self.looprun_id, heartbeat=time.time(), what="heartbeat")
-                    next_beat = now + 15.0
+                self._beat()
                 self.submit_ready()
                 if self.should_exit():
                     break
@@ -508,11 +515,17 @@ class Loop:
 
     def shutdown(self, error: BaseException | None) -> None:
         if self.inflight and error is None:
-            deadline = time.monotonic() + (0 if self.hard_stop else self.s.grace_s)
+            deadline = (self.stop_deadline if self.stop_deadline is not None
+                        else time.monotonic() + (0 if self.hard_stop else self.s.grace_s))
             log.info("stopping: waiting up to %.0f s for %d tasks in flight", max(0, deadline - time.monotonic()),
                      len(self.inflight))
-            while self.inflight and time.monotonic() < deadline and not self.hard_stop:
-                self.collect(0.5)
+            try:
+                while self.inflight and time.monotonic() < deadline and not self.hard_stop:
+                    self.collect(0.5)
+                    self._beat()
+            except db_errors() as exc:  # the database went away and the grace ran out: the rest is redone later
+                error = exc
+                log.error("stopping without storing the last results: %s", one_line(exc))
         cancelled = list(self.inflight.values())
         if cancelled:
             log.info("cancelling %d unfinished tasks (they will be redone by the next run)", len(cancelled))
@@ -526,6 +539,11 @@ class Loop:
                 self._safe_db(ls.store_loop_exposures_status, rows, QUEUED)
         if self.client is not None:
             stop_cluster(self.cluster, self.client)
+        if self.session is not None and (self.looprun_id is not None or not self.s.commit):
+            try:  # our workers are gone: their temporaries in our own run directories are leftovers
+                self._clean_leftovers(self._own_margin_at_end_s())
+            except Exception as exc:
+                log.warning("could not clean temporaries: %s", one_line(exc))
         final = "E" if error is not None and not isinstance(error, KeyboardInterrupt) else "D"
         if self.s.commit and self.looprun_id:
             self._safe_db(ls.store_loop_run_fields, self.looprun_id, status=final, heartbeat=time.time())
@@ -545,6 +563,7 @@ class Loop:
             log.warning("second signal: stopping now")
             return
         self.stop_requested = True
+        self.stop_deadline = time.monotonic() + self.s.grace_s
         name = signal.Signals(signum).name if signum else "stop"
         log.warning("%s received: no new submissions; finishing %d tasks in flight (grace %.0f s)", name,
                     len(self.inflight), self.s.grace_s)

@@ -35,12 +35,27 @@ def close_db_connections() -> None:
 
 class DatabaseRetry:
     """Run database work, waiting out outages: on OperationalError/InterfaceError close the connections,
-    back off (0.5 s doubling to 10 s) and try again.  Logs the outage once and its end."""
+    back off (0.5 s doubling to 10 s) and try again.  Logs the outage once and its end.
 
-    def __init__(self, should_give_up=lambda: False):
+    Gives up (re-raising the database error) when `should_give_up()` says so (checked between attempts and
+    every 0.2 s while backing off: a stop request whose grace has run out), or when the database has not
+    answered once since this object was made and `start_wait_s` have passed (a mistyped host or port must
+    not make a loop wait forever).
+    """
+
+    def __init__(self, should_give_up=lambda: False, start_wait_s: float | None = None):
         self.should_give_up = should_give_up
+        self.start_wait_s = start_wait_s
+        self.created = time.monotonic()
+        self.answered = False
         self.outage_started: float | None = None
         self.outages = 0
+
+    def _give_up(self) -> bool:
+        if self.should_give_up():
+            return True
+        return (not self.answered and self.start_wait_s is not None
+                and time.monotonic() - self.created >= self.start_wait_s)
 
     def __call__(self, fn, *args, what: str = "database work", **kwargs):
         delay = 0.5
@@ -54,32 +69,69 @@ class DatabaseRetry:
                     self.outages += 1
                     log.warning("database unavailable during %s (%s); waiting and reconnecting", what, one_line(exc))
                 close_db_connections()
-                if self.should_give_up():
+                if self._give_up():
+                    if not self.answered:
+                        log.error("the database did not answer since the start (%.0f s); giving up",
+                                  time.monotonic() - self.created)
                     raise
-                time.sleep(delay)
+                until = time.monotonic() + delay
+                while time.monotonic() < until and not self._give_up():
+                    time.sleep(min(0.2, max(0.0, until - time.monotonic())))
                 delay = min(10.0, delay * 2)
                 continue
+            self.answered = True
             if self.outage_started is not None:
                 log.warning("database reachable again after %.1f s; continuing", time.monotonic() - self.outage_started)
                 self.outage_started = None
             return result
 
 
-def retrieve_exposure_inputs(session, image_rows: list[dict]) -> dict[int, ExposureInput]:
-    """ExposureInput per image id for a batch of AcquisitionImageData rows (a handful of queries per batch)."""
+class MissingPhysics(ValueError):
+    """An exposure's optics are not recorded (pixel size, voltage, Cs); the message names the field."""
+
+
+def calc_exposure_physics(row: dict, ctx: dict) -> tuple[float, float, float]:
+    """(pixel size Å of the recorded frames, voltage kV, Cs mm) of one exposure, or MissingPhysics naming the
+    field that is missing (never a default: a wrong value would give wrong results without a word)."""
+    cam = ctx["cameras"].get(row["camera_id"])
+    scope = ctx["scopes"].get(row["scope_id"])
+    preset = ctx["presets"].get(row["preset_id"])
+    tem = ctx["tems"].get(scope.tem_id if scope else None) or ctx["tems"].get(preset.tem_id if preset else None)
+    mag = (scope.magnification if scope else None) or (preset.magnification if preset else None)
+    name = row["filename"]
+    if not mag:
+        raise MissingPhysics(f"magnification (ScopeEMData.magnification / PresetData.magnification) missing for "
+                             f"exposure {name}: the pixel size cannot be looked up")
+    px_m = r.calc_pixel_size_m(ctx["calibrations"], mag, tem.id if tem else None,
+                               cam.ccdcamera_id if cam else None, row["timestamp"])
+    if not px_m or px_m <= 0:
+        raise MissingPhysics(f"pixel size (PixelSizeCalibrationData for magnification {mag}) missing for exposure "
+                             f"{name}")
+    if scope is None or not scope.high_tension:
+        raise MissingPhysics(f"accelerating voltage (ScopeEMData.high tension) missing for exposure {name}")
+    if tem is None or tem.cs is None:
+        which = f" of TEM {tem.name!r}" if tem is not None else " (no TEM recorded)"
+        raise MissingPhysics(f"spherical aberration (InstrumentData.cs{which}) missing for exposure {name}")
+    binning = cam.binning_x if cam and cam.binning_x else 1
+    return px_m * binning * 1e10, scope.high_tension / 1e3, tem.cs * 1e3
+
+
+def retrieve_exposure_inputs(session, image_rows: list[dict]) -> tuple[dict[int, ExposureInput], dict[int, str]]:
+    """ExposureInput per image id for a batch of AcquisitionImageData rows (a handful of queries per batch),
+    and the exposures that cannot be processed: image id → why (e.g. its pixel size is not recorded)."""
     ctx = r.retrieve_image_context(image_rows)
     frame_dir = Path(session.frame_path or "")
     image_dir = Path(session.image_path or "")
-    out = {}
+    out, problems = {}, {}
     for row in image_rows:
         cam = ctx["cameras"].get(row["camera_id"])
         scope = ctx["scopes"].get(row["scope_id"])
         preset = ctx["presets"].get(row["preset_id"])
-        tem = ctx["tems"].get(scope.tem_id if scope else None) or ctx["tems"].get(preset.tem_id if preset else None)
-        mag = (scope.magnification if scope else None) or (preset.magnification if preset else None)
-        px_m = r.calc_pixel_size_m(ctx["calibrations"], mag, tem.id if tem else None,
-                                   cam.ccdcamera_id if cam else None, row["timestamp"])
-        binning = (cam.binning_x if cam and cam.binning_x else 1)
+        try:
+            pixel_size_A, voltage_kV, cs_mm = calc_exposure_physics(row, ctx)
+        except MissingPhysics as exc:
+            problems[row["id"]] = str(exc)
+            continue
         frames_name = (cam.frames_name if cam and cam.frames_name else f"{row['filename']}.frames.tif")
         norm = ctx["norms"].get(row["norm_id"])
         dark = ctx["darks"].get(row["dark_id"])
@@ -88,9 +140,7 @@ def retrieve_exposure_inputs(session, image_rows: list[dict]) -> dict[int, Expos
         out[row["id"]] = ExposureInput(
             image_id=row["id"], filename=row["filename"], movie_path=str(frame_dir / frames_name),
             image_dir=str(image_dir), preset_name=preset.name if preset else "",
-            pixel_size_A=(px_m or 1e-10) * binning * 1e10,
-            voltage_kV=(scope.high_tension or 300000) / 1e3 if scope else 300.0,
-            cs_mm=(tem.cs * 1e3) if tem and tem.cs is not None else 2.7,
+            pixel_size_A=pixel_size_A, voltage_kV=voltage_kV, cs_mm=cs_mm,
             dose_e_per_A2=(preset.dose / 1e20) if preset and preset.dose else None,
             n_frames=cam.nframes if cam else None,
             gain_path=str(image_dir / norm.image) if norm and norm.image else None,
@@ -102,4 +152,13 @@ def retrieve_exposure_inputs(session, image_rows: list[dict]) -> dict[int, Expos
             tilt_deg=math.degrees(scope.stage_a or 0.0) if scope else 0.0,
             arrived=calc_epoch(ts),
         )
-    return out
+    return out, problems
+
+
+def retrieve_exposure_rows(session_id: int, image_ids: list[int]) -> list[dict]:
+    """The AcquisitionImageData values retrieve_exposure_inputs needs, for given exposures (re-reading one)."""
+    from appion.base.db import models as m
+
+    return list(m.AcquisitionImageData.objects.filter(session_id=session_id, id__in=list(image_ids)).order_by("id")
+                .values("id", "filename", "timestamp", "camera_id", "scope_id", "preset_id", "norm_id", "dark_id",
+                        "corrector_plan_id", "image"))

@@ -4,6 +4,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
+from appion.base.names import BadNameError
 from appion.base.session.store import RunConflict
 from appion.base.steps import StepError, StepInput
 from appion.loop.calc import LoopError
@@ -27,8 +28,10 @@ class LoopSettings:
     wait: bool = True
     idle_s: float = 10.0
     poll_s: float = 2.0
-    retries: int = 2
+    retries: int = 6  # retries of a transient failure (back-off doubling from backoff_s to 5 min: ~10 min in all)
     backoff_s: float = 10.0
+    retry_failed: bool = False  # re-run exposures that failed permanently in earlier starts of this run
+    db_start_wait_s: float = 60.0  # a database that never answered since the start is given up after this
     grace_s: float = 120.0
     order: str = "oldest"
     max_in_flight: int | None = None
@@ -52,8 +55,9 @@ class LoopSettings:
 
 
 def user_errors() -> tuple[type[Exception], ...]:
-    """Errors that are a person's to fix (no such session, run name clash, bad step): printed as one line."""
-    return (LoopError, RunConflict, StepError)
+    """Errors that are a person's to fix (no such session, run name clash or lock, bad name, bad step): printed
+    as one line."""
+    return (LoopError, RunConflict, StepError, BadNameError)
 
 
 @dataclass
@@ -76,3 +80,5 @@ class LoopSummary:
     reused: dict[str, bool] = field(default_factory=dict)  # step → results taken from an earlier run
     stopped_by_signal: bool = False
     db_outages: int = 0
+    taken_over: list[str] = field(default_factory=list)  # stale holders of the run this loop took over
+    cleaned: list[str] = field(default_factory=list)  # leftover temporaries removed

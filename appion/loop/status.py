@@ -15,8 +15,8 @@ from appion.base.db.models.loop import DONE, FAILED, QUEUED, RETRY, RUNNING
 from appion.base.session import retrieve as r
 from appion.base.steps import StepError, get_step
 from appion.loop.calc import LoopError, calc_epoch, calc_percentile
+from appion.loop.runlock import calc_holder_state
 
-HEARTBEAT_S = 15.0  # the loop writes its heartbeat this often
 
 
 def retrieve_step_run_ids(looprun_id: int) -> dict[str, int | None]:
@@ -68,8 +68,9 @@ def calc_status_report(session_name: str, runname: str | None = None, now: float
         stamps = [calc_epoch(t) for t in images.values_list("timestamp", flat=True)]
         total = len(stamps)
         arrived_last_hour = sum(1 for t in stamps if t >= hour_ago)
-        alive = run.status == "R" and run.heartbeat and now - run.heartbeat < 4 * HEARTBEAT_S
-        state = {"R": "running" if alive else "not running (no heartbeat: killed?)", "D": "finished",
+        alive, why = (calc_holder_state(run.hostname, run.pid, run.heartbeat, run.started, now)
+                      if run.status == "R" else (False, ""))
+        state = {"R": "running" if alive else f"not running (killed? {why.split(': ', 1)[-1]})", "D": "finished",
                  "E": "ended with an error"}.get(run.status or "", run.status or "?")
         lines.append(f"run {run.runname} ({run.steps}; {state}; host {run.hostname} pid {run.pid})")
         rows = list(m.ApLoopExposureData.objects.filter(looprun_id=run.id)
@@ -91,6 +92,9 @@ def calc_status_report(session_name: str, runname: str | None = None, now: float
                     lines.append(f"         median {', '.join(medians[step])}")
                 continue
             count = {k: sum(1 for x in mine if x["status"] == k) for k in (DONE, RUNNING, QUEUED, RETRY, FAILED)}
+            if not alive:  # rows a loop that is gone left running or retrying are redone by its next start
+                count[QUEUED] += count[RUNNING] + count[RETRY]
+                count[RUNNING] = count[RETRY] = 0
             done_times = [x["finished"] for x in mine if x["status"] == DONE and x["finished"]]
             out_last_hour = sum(1 for t in done_times if t >= hour_ago)
             backlog = total - count[DONE] - count[FAILED]

@@ -51,6 +51,56 @@ def move_into(src: Path, target: Path) -> None:
         src.unlink()
 
 
+class MovieStillBeingWritten(OSError):
+    """The movie changed after it was registered (more frames, or its size or time changed while it was read):
+    a transient error, so the loop retries it later instead of storing a result of a partial movie."""
+
+
+def stat_movie(path: str) -> tuple[int, int]:
+    """(size in bytes, modification time in ns) of a movie file."""
+    st = os.stat(path)
+    return st.st_size, st.st_mtime_ns
+
+
+def check_movie_unchanged(path: str, before: tuple[int, int], when: str) -> None:
+    """MovieStillBeingWritten when the movie's size or modification time differs from `before`."""
+    try:
+        after = stat_movie(path)
+    except FileNotFoundError:
+        raise MovieStillBeingWritten(f"{path}: the movie disappeared {when} (being moved or rewritten?)") from None
+    if after != before:
+        raise MovieStillBeingWritten(f"{path}: the movie changed {when} ({before[0]} -> {after[0]} bytes): still "
+                                     "being written; retried later")
+
+
+def check_movie_frames(inp: ExposureInput) -> tuple[int, int]:
+    """Check that the movie still has the frames it was registered with; returns its (size, mtime) stamp.
+
+    More frames than registered: it grew after registration (MovieStillBeingWritten, transient).  Fewer, or
+    a file that cannot be read and did not change meanwhile: MovieError (bad input).  A read error while the
+    file changes: MovieStillBeingWritten.
+    """
+    from appion.base.io import movies
+
+    path = inp.movie_path
+    try:
+        before = stat_movie(path)
+    except FileNotFoundError:
+        raise movies.MovieError(f"{path}: movie file does not exist") from None
+    try:
+        n_frames = movies.read_movie_header(path).n_frames
+    except movies.MovieError as exc:
+        check_movie_unchanged(path, before, f"while its header was read ({exc})")
+        raise
+    if inp.n_frames is not None and n_frames != inp.n_frames:
+        if n_frames > inp.n_frames:
+            raise MovieStillBeingWritten(f"{path}: has {n_frames} frames but was registered with {inp.n_frames}: it "
+                                         "grew after registration (still being written?); not stored, retried later")
+        raise movies.MovieError(f"{path}: has {n_frames} frames but was registered with {inp.n_frames} "
+                                "(truncated or replaced after registration?)")
+    return before
+
+
 def calc_dose_per_frame(inp: ExposureInput, settings: MotionSettings) -> float | None:
     """e/Å² per frame for dose weighting (None: no dose known, or dose weighting off)."""
     if not settings.doseweight:
@@ -73,10 +123,14 @@ def run_motion_task(task: StepInput, settings: MotionSettings) -> MotionRecord:
     image_dir.mkdir(parents=True, exist_ok=True)
     dose_per_frame = calc_dose_per_frame(inp, settings)
     sum_name, dw_name = calc_aligned_filenames(inp.filename, settings.alignlabel, dose_per_frame is not None)
-    if not Path(inp.movie_path).exists():
-        raise movies.MovieError(f"{inp.movie_path}: movie file does not exist")
+    stamp = check_movie_frames(inp)  # the frame count the dose per frame was computed for
     gpu = task.lease.get("gpu")
-    out = run_motion_engine(inp, settings, run / f"{inp.filename}.mrc", dose_per_frame, gpu)
+    try:
+        out = run_motion_engine(inp, settings, run / f"{inp.filename}.mrc", dose_per_frame, gpu)
+    except movies.MovieError as exc:
+        check_movie_unchanged(inp.movie_path, stamp, f"while it was aligned ({exc})")
+        raise
+    check_movie_unchanged(inp.movie_path, stamp, "while it was aligned")  # before anything is stored
     shifts = tuple((float(x), float(y)) for x, y in out["shifts_px"])
     move_into(Path(out["sum_path"]), image_dir / f"{sum_name}.mrc")
     if dw_name:

@@ -28,7 +28,141 @@ def test_params_hash_ignores_key_order_and_threads():
 
 def test_backoff_doubles_and_is_capped():
     assert [loopcalc.calc_backoff_s(5, n) for n in (1, 2, 3)] == [5, 10, 20]
-    assert loopcalc.calc_backoff_s(5, 30) == 600
+    assert loopcalc.calc_backoff_s(5, 30) == loopcalc.BACKOFF_CAP_S == 300
+    assert loopcalc.calc_backoff_s(5, 10_000) == 300  # no overflow after many attempts
+    # the defaults (--retries 6, --backoff 10) wait out a full disk for minutes, not seconds
+    assert sum(loopcalc.calc_backoff_s(10, n) for n in range(1, 7)) >= 600
+
+
+def test_errors_are_classified_transient_or_deterministic():
+    import errno
+    import subprocess
+
+    from distributed.scheduler import KilledWorker
+
+    from appion.base.io.movies import GainMismatchError, MovieError
+    from appion.loop.db import MissingPhysics
+    from appion.motioncorrection.task import MovieStillBeingWritten
+
+    transient = [OSError(errno.ENOSPC, "No space left on device"), OSError(errno.EIO, "I/O error"),
+                 MovieStillBeingWritten("x: still being written"), KilledWorker("task", "worker", 0),
+                 subprocess.TimeoutExpired(["ctffind4"], 10), RuntimeError("MotionCor2 crashed"), MemoryError(),
+                 None]
+    deterministic = [MovieError("x.tif: truncated"), GainMismatchError("gain 256² for 512² frames"),
+                     ValueError("image contains NaN"), MissingPhysics("pixel size missing"), TypeError("bug")]
+    assert [loopcalc.calc_error_kind(e) for e in transient] == [loopcalc.TRANSIENT] * len(transient)
+    assert [loopcalc.calc_error_kind(e) for e in deterministic] == [loopcalc.DETERMINISTIC] * len(deterministic)
+    from django.db.utils import IntegrityError, OperationalError
+
+    assert loopcalc.calc_error_kind(OperationalError(2002, "gone")) == loopcalc.TRANSIENT
+    assert loopcalc.calc_error_kind(IntegrityError("dup")) == loopcalc.TRANSIENT
+
+
+def test_reason_names_the_file():
+    assert loopcalc.calc_reason_naming_file("ValueError: NaN", "s_01en", "/f/s_01en.tif") == "/f/s_01en.tif: ValueError: NaN"
+    assert loopcalc.calc_reason_naming_file("MovieError: /f/s_01en.tif: cut", "s_01en", "/f/s_01en.tif") == \
+        "MovieError: /f/s_01en.tif: cut"
+
+
+def test_lock_holder_liveness():
+    alive = loopcalc.calc_holder_alive
+    assert alive("h1", 1000.0, 1010.0, "h1", True) == (True, "alive")
+    assert alive("h1", 1000.0, 1010.0, "h1", False) == (False, "its process is gone")  # at once, not after 60 s
+    assert alive("h2", 1000.0, 1010.0, "h1", None)[0] is True  # another host: the heartbeat decides
+    assert alive("h2", 1000.0, 1000.0 + loopcalc.STALE_AFTER_S + 1, "h1", None)[0] is False
+    assert alive("h1", None, 1010.0, "h1", True)[0] is False
+    assert loopcalc.calc_holder("h1", 42, 1000.0, 1005.0) == "h1:42 (heartbeat 5 s ago)"
+
+
+def test_pid_liveness_sees_this_process_and_a_dead_one():
+    import os
+    import subprocess
+    import time
+
+    from appion.loop.runlock import is_pid_alive
+
+    assert is_pid_alive(os.getpid(), time.time())
+    done = subprocess.run(["true"])
+    child = subprocess.Popen(["true"])
+    child.wait()
+    assert done.returncode == 0 and not is_pid_alive(child.pid)
+    assert not is_pid_alive(os.getpid(), time.time() - 10 ** 6)  # a process younger than the holder: pid reused
+
+
+def test_leftover_temporaries_are_removed_only_when_old_hidden_and_here(tmp_path):
+    import os
+
+    from appion.loop.runlock import clean_part_files
+
+    run, other = tmp_path / "run", tmp_path / "other"
+    (run / "sub").mkdir(parents=True)
+    other.mkdir()
+    old = [run / ".a.mrc.x1.part"]
+    kept = [run / ".b.mrc.x2.part", run / "c.part", run / ".d.mrc", run / "sub" / ".e.part", other / ".f.part"]
+    for path in old + kept:
+        path.write_bytes(b"x")
+    for path in old + kept[1:]:
+        os.utime(path, (1000.0, 1000.0))
+    (run / ".link.part").symlink_to(other / ".f.part")
+    os.utime(run / ".link.part", (1000.0, 1000.0), follow_symlinks=False)
+    removed = clean_part_files([run, tmp_path / "missing"], margin_s=60.0)
+    assert removed == old
+    assert all(p.exists() for p in kept) and (run / ".link.part").is_symlink()
+
+
+def test_ctf_box_shrinks_to_fit():
+    from appion.ctfestimation.task import calc_box_that_fits
+
+    assert calc_box_that_fits(512, (4096, 4096)) == 512
+    assert calc_box_that_fits(1024, (512, 512)) == 512
+    assert calc_box_that_fits(1024, (700, 900)) == 512
+    assert calc_box_that_fits(512, (100, 100)) == 64
+    assert calc_box_that_fits(512, (50, 80)) is None
+
+
+def test_missing_submit_command_is_named(tmp_path):
+    from appion.loop.calc import LoopError
+
+    with pytest.raises(LoopError, match="'qsub' is not on PATH"):
+        cluster.check_submit_command("pbs", "qsub", path=str(tmp_path))
+    (tmp_path / "qsub").write_text("#!/bin/sh\n")
+    (tmp_path / "qsub").chmod(0o755)
+    assert cluster.check_submit_command("pbs", "qsub", path=str(tmp_path)) == str(tmp_path / "qsub")
+    assert cluster.check_cluster_commands("local") is None
+
+
+def test_database_retry_gives_up_on_stop_and_when_never_answered():
+    import time
+
+    from django.db.utils import OperationalError
+
+    from appion.loop.db import DatabaseRetry
+
+    calls = []
+
+    def down():
+        calls.append(1)
+        raise OperationalError(2003, "Can't connect")
+
+    start = time.monotonic()
+    with pytest.raises(OperationalError):
+        DatabaseRetry(start_wait_s=1.0)(down)
+    assert 1.0 <= time.monotonic() - start < 5.0 and len(calls) >= 2
+    stop = {"now": False}
+    retry = DatabaseRetry(should_give_up=lambda: stop["now"])
+    assert retry(lambda: 7) == 7 and retry.answered  # answered once: outages after that are waited out ...
+    start = time.monotonic()
+    failures = iter([1, 2, 3])
+
+    def flaky():
+        if next(failures, None) is not None:
+            raise OperationalError(2013, "lost")
+        return "back"
+
+    assert retry(flaky) == "back" and retry.outages == 1
+    stop["now"] = True  # ... until a stop request's grace has run out
+    with pytest.raises(OperationalError):
+        retry(down)
 
 
 @pytest.mark.parametrize("tilt,angle,skip", [

@@ -154,8 +154,8 @@ def test_worker_killed_mid_task(home_env, sim_frames, tmp_path):
 
 
 def test_corrupt_movie_fails_permanently_with_reason(home_env, sim_frames, tmp_path):
-    """A movie that cannot be read ends permanently failed after the retries, with a readable reason; the rest
-    are done and `appion status` shows why."""
+    """A movie that cannot be read (truncated: bad input, deterministic) fails permanently after one attempt, not
+    retried, with a readable reason naming the file; the rest are done and `appion status` shows why."""
     home, env = home_env
     names = ["lp_00001", "lp_00002", "lp_00003", "lp_00004"]
     frames = copy_movies(sim_frames, tmp_path / "frames", names)
@@ -170,17 +170,19 @@ def test_corrupt_movie_fails_permanently_with_reason(home_env, sim_frames, tmp_p
     db = Db(home)
     failed = db.rows("SELECT step, status, attempts, last_error FROM ApLoopExposureData WHERE status <> 'done' "
                      "ORDER BY step DESC")
-    assert [(f[0], f[1], f[2]) for f in failed] == [("motion", "failed", 3), ("ctf", "failed", 0)], failed
+    assert [(f[0], f[1], f[2]) for f in failed] == [("motion", "failed", 1), ("ctf", "failed", 0)], failed
     assert "lp_00002en.frames.tif" in failed[0][3] and "truncated" in failed[0][3]
+    text = log.read_text()
+    assert "lp_00002en motion failed (bad input: not retried)" in text and "attempt 1 failed" not in text, text[-3000:]
     assert failed[1][3] == "not run: motion failed"
     r = results(db)
     assert len(r["pairs"]) == 3 and len(r["ctf"]) == 3
     status = subprocess.run(["appion", "status", "cm"], env=env, capture_output=True, text=True, check=True).stdout
-    assert "FAILED lp_00002en motion after 3 attempt(s)" in status and "lp_00002en.frames.tif" in status, status
+    assert "FAILED lp_00002en motion after 1 attempt(s)" in status and "lp_00002en.frames.tif" in status, status
     # a restart does not retry a permanently failed exposure
     proc = start_loop(env, ["--session", "cm", "--no-wait", "--idle", "0", *FAST], tmp_path / "again.log")
     assert finish(proc, 120, tmp_path / "again.log") == 0
-    assert db.rows("SELECT attempts FROM ApLoopExposureData WHERE status = 'failed' AND step = 'motion'") == [(3,)]
+    assert db.rows("SELECT attempts FROM ApLoopExposureData WHERE status = 'failed' AND step = 'motion'") == [(1,)]
 
 
 def test_live_arrival_with_session_watch(home_env, sim_frames, tmp_path):
