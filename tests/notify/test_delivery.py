@@ -6,9 +6,11 @@ from __future__ import annotations
 import logging
 import subprocess
 from collections import Counter
+from types import SimpleNamespace
 
 import pytest
 
+from appion.base.jobstates import JobState
 from appion.notify.config import Limits, NotifyConfig
 from appion.notify.events import ExposureFailure, LoopSnapshot
 from appion.notify.monitor import JobRef, LoopMonitor, notify_job_state
@@ -134,9 +136,12 @@ def test_refinement_jobs_reach_their_user_and_the_admin(smtp_server, webhook):
     job = JobRef(42, "relion-refine3d-1", "relion", "cluster1", "/data/appion/25nov21a/recon/refine1")
     done = notify_job_state(job, "COMPLETED", "alice", config=config)
     assert [d.ok for d in done] == [True, True], done
-    failed = notify_job_state(job, "FAILED", "bob", reason="RELION exited with code 1 (out of memory)", config=config)
+    lifecycle = SimpleNamespace(job_id=42, runname="relion-refine3d-1", jobtype="relion", host="cluster1",
+                                rundir="/data/appion/25nov21a/recon/refine1", state="FAILED")  # as the tracker has
+    failed = notify_job_state(lifecycle, JobState.FAILED, "bob", reason="RELION exited with code 1 (out of memory)",
+                              config=config)
     assert [d.ok for d in failed] == [True, True], failed
-    assert notify_job_state(job, "RUNNING", "alice", config=config) == []
+    assert notify_job_state(job, JobState.RUNNING, "alice", config=config) == []
     mails = box.wait(2)
     assert len(mails) == 2 and len(hooks.wait(2)) == 2
     completed, failure = mails
