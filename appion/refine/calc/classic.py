@@ -77,11 +77,20 @@ def calc_symmetry_name(text: str) -> str:
     return _SYMMETRY_WORDS.get(first, first)
 
 
+# Classic refinement jobs' short options (apRefineJob.py): -s/--stackname, -N/--totalpart.
+_SHORT = {"-s": "stackname", "-N": "totalpart"}
+
+
 def _options(argv: list[str]) -> list[tuple[str, str]]:
-    """`--key=value`, `--key value` and `--flag` (→ 'true') options in order; positionals are skipped."""
+    """`--key=value`, `--key value`, `--flag` (→ 'true') and classic's -s/-N options in order; positionals and
+    other short options (-n/-R/-p, read by runJob.py itself) are skipped."""
     out, i = [], 0
     while i < len(argv):
         a = argv[i]
+        if a in _SHORT and i + 1 < len(argv):
+            out.append((_SHORT[a], argv[i + 1]))
+            i += 2
+            continue
         if a.startswith("--") and len(a) > 2:
             key, eq, value = a[2:].partition("=")
             if not eq:
