@@ -19,7 +19,6 @@ import time
 from pathlib import Path
 
 import mrcfile
-import numpy as np
 import pytest
 
 from tests.conftest import REPO
