@@ -42,7 +42,7 @@ from appion.base.session import retrieve as r
 from appion.base.session import store as st
 from appion.base.steps import Step, StepInput, StepRun, calc_step_order, calc_upstream, load_steps
 from appion.loop import store as ls
-from appion.loop.calc import (DETERMINISTIC, HEARTBEAT_S, LoopError, calc_backoff_s, calc_error_kind,
+from appion.loop.calc import (DETERMINISTIC, LoopError, calc_backoff_s, calc_error_kind,
                               calc_reason_naming_file, calc_task_key, calc_tilt_skip, one_line)
 from appion.loop.cluster import (ClusterSettings, check_cluster_commands, describe_dashboard, start_cluster,
                                  stop_cluster)
@@ -109,7 +109,7 @@ class Loop(RunSetup):
         self.reread: set[int] = set()  # exposures whose inputs are read again before their retry
         self.session = None
         self.stuck_job_clusters: set[str] = set()  # cluster kinds of earlier starts that died while running
-        self.next_beat = 0.0
+        self.heartbeat = None  # the thread writing the run's heartbeat (appion.loop.runlock.Heartbeat)
 
     def _should_give_up_db(self) -> bool:
         """Database outages are waited out, except after a second signal, once the grace after a stop request
@@ -466,20 +466,12 @@ class Loop(RunSetup):
                 publish_service(ServiceSpec("gpu", slots, per_host=True, lease_timeout_s=self.s.lease_timeout_s),
                                 root)
 
-    def _beat(self) -> None:
-        """Write the heartbeat (which keeps the run's lock) when it is due."""
-        now = time.monotonic()
-        if self.s.commit and self.looprun_id and now >= self.next_beat:
-            self.db(ls.store_loop_run_fields, self.looprun_id, heartbeat=time.time(), what="heartbeat")
-            self.next_beat = now + HEARTBEAT_S
-
     def run(self) -> LoopSummary:
         error = None
         try:
             self.setup()  # inside: a failure after the run is registered (a full disk ...) marks it E
             self._publish_services()
             self.cluster, self.client, self.task_slots = start_cluster(self.cluster_settings)
-            self._beat()
             try:
                 modules = tuple(mod for n in self.order for mod in (self.defs[n].task_for(self.engines[n].name).module,
                                                                    *self.engines[n].modules))
@@ -501,7 +493,6 @@ class Loop(RunSetup):
                         self.session_done = self.db(r.retrieve_session_done, self.session.id,
                                                     what="checking whether the session is done")
                     next_poll = now + self.s.poll_s
-                self._beat()
                 self.submit_ready()
                 if self.should_exit():
                     break
@@ -522,7 +513,6 @@ class Loop(RunSetup):
             try:
                 while self.inflight and time.monotonic() < deadline and not self.hard_stop:
                     self.collect(0.5)
-                    self._beat()
             except db_errors() as exc:  # the database went away and the grace ran out: the rest is redone later
                 error = exc
                 log.error("stopping without storing the last results: %s", one_line(exc))
@@ -544,6 +534,8 @@ class Loop(RunSetup):
                 self._clean_leftovers(self._own_margin_at_end_s())
             except Exception as exc:
                 log.warning("could not clean temporaries: %s", one_line(exc))
+        if self.heartbeat is not None:
+            self.heartbeat.stop()
         final = "E" if error is not None and not isinstance(error, KeyboardInterrupt) else "D"
         if self.s.commit and self.looprun_id:
             self._safe_db(ls.store_loop_run_fields, self.looprun_id, status=final, heartbeat=time.time())

@@ -11,7 +11,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from appion.loop.calc import LoopError, calc_holder, calc_holder_alive
@@ -86,3 +86,43 @@ def clean_part_files(directories: Iterable[Path], margin_s: float = PART_MARGIN_
             except OSError as exc:
                 log.warning("could not remove the leftover temporary %s: %s", entry.path, exc.strerror or exc)
     return removed
+
+
+class Heartbeat:
+    """A thread that calls `beat()` every interval_s (the run's heartbeat, which keeps its lock) until stopped.
+
+    A thread, so that long work in the loop's main thread (a big first poll, waiting out the grace, closing a
+    cluster) never lets a live loop's lock look stale.  Errors (a database outage) are logged once per outage
+    and otherwise ignored: the main thread reports outages.  `close()` runs in the thread when it ends (to close
+    the thread's own database connections).
+    """
+
+    def __init__(self, beat: Callable[[], None], interval_s: float, close: Callable[[], None] = lambda: None):
+        import threading
+
+        self.beat, self.interval_s, self.close = beat, interval_s, close
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="appion-heartbeat", daemon=True)
+
+    def start(self) -> Heartbeat:
+        self.thread.start()
+        return self
+
+    def _run(self) -> None:
+        failing = False
+        try:
+            while not self.stopped.wait(self.interval_s):
+                try:
+                    self.beat()
+                    failing = False
+                except Exception as exc:
+                    if not failing:
+                        log.debug("heartbeat not written: %s", exc)
+                    failing = True
+        finally:
+            self.close()
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        self.stopped.set()
+        if self.thread.is_alive():
+            self.thread.join(timeout_s)

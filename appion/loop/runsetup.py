@@ -19,8 +19,9 @@ from appion.base.session import retrieve as r
 from appion.base.session import store as st
 from appion.base.steps import StepRun
 from appion.loop import store as ls
-from appion.loop.calc import LoopError, calc_params_hash
-from appion.loop.runlock import PART_MARGIN_S, calc_holder_state, clean_part_files
+from appion.loop.calc import HEARTBEAT_S, LoopError, calc_params_hash
+from appion.loop.db import close_db_connections
+from appion.loop.runlock import PART_MARGIN_S, Heartbeat, calc_holder_state, clean_part_files
 from appion.workflow.calc import MemoParts, calc_memo_key
 
 log = logging.getLogger("appion.loop")
@@ -63,6 +64,9 @@ class RunSetup:
                                         preset_id=self.preset_ids[0] if self.preset_ids else None)
         if self.s.commit:
             self.db(self._store_runs, what="registering the run")
+            looprun_id = self.looprun_id
+            self.heartbeat = Heartbeat(lambda: ls.store_loop_run_fields(looprun_id, heartbeat=time.time()),
+                                       HEARTBEAT_S, close=close_db_connections).start()
         for run in self.step_runs.values():
             run.rundir.mkdir(parents=True, exist_ok=True)
         self._clean_leftovers(PART_MARGIN_S)
@@ -140,4 +144,8 @@ class RunSetup:
                            "settings": {n: self.settings[n].hashed() for n in self.order},
                            "versions": self.versions, "memo": self.memo, "hash": self.run_hash}, indent=1, default=str)
         for run in self.step_runs.values():
-            write_text_atomic(run.rundir / f"{self.s.runname}.loop-params.json", text)
+            path = run.rundir / f"{self.s.runname}.loop-params.json"
+            try:
+                write_text_atomic(path, text)
+            except OSError as exc:  # e.g. a full disk: say which file (the error alone does not)
+                raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from exc

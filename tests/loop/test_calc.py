@@ -229,3 +229,23 @@ def test_calc_worker_count():
     assert cluster.calc_worker_count(2, 1) == 2
     assert cluster.calc_worker_count(8, 4) == 2
     assert cluster.calc_worker_count(2, 4) == 1
+
+
+def test_heartbeat_thread_beats_survives_errors_and_closes():
+    import time
+
+    from appion.loop.runlock import Heartbeat
+
+    beats, closed = [], []
+
+    def beat():
+        beats.append(time.monotonic())
+        if len(beats) == 2:
+            raise OSError("database away")  # an outage does not end the heartbeat
+
+    hb = Heartbeat(beat, 0.05, close=lambda: closed.append(True)).start()
+    deadline = time.monotonic() + 10
+    while len(beats) < 4 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    hb.stop()
+    assert len(beats) >= 4 and closed == [True] and not hb.thread.is_alive()

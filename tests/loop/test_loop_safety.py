@@ -265,7 +265,8 @@ def test_full_disk_then_freed_then_retry_failed(home_env, sim_frames, tmp_path):
     full = subprocess.run(on_small_disk("64k", base, True, loop), env=env, capture_output=True, text=True,
                           timeout=300)
     assert full.returncode == 2, full.stderr[-3000:]
-    assert "No space left on device" in one_line_error(full)
+    line = one_line_error(full)
+    assert "No space left on device" in line and "df/ddstack/loop1/loop1.loop-params.json" in line, line
     assert db.rows("SELECT status FROM ApLoopRunData") == [("E",)]
     assert {s for (s,) in db.rows("SELECT status FROM ApAppionJobData")} == {"E"}
 
