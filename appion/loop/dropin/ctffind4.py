@@ -42,5 +42,5 @@ def main(argv: list[str] | None = None) -> int:
     from appion.loop.dropin.ctf import calc_ctf_settings
     from appion.loop.dropin.run import Program, run_program
 
-    program = Program(PROG, "ctfestimate", ("ctf",), groups(), calc_parser, CLASSIC_PARAM_NAMES)
+    program = Program(PROG, "ctffind4", ("ctf",), groups(), calc_parser, CLASSIC_PARAM_NAMES)
     return run_program(program, argv, lambda args, given: {"ctf": calc_ctf_settings(args)})

@@ -30,7 +30,7 @@ DD_LOOP = (
         NoEffect("appion's particle stacks have no per-particle image rows to restrict a frame alignment by")),
     Opt(("--bin",), dict(type=float, default=1.0, metavar="#", help="binning of the aligned sums (float)")),
     Opt(("--gpuid",), dict(type=int, default=0, metavar="INT",
-                           help="the GPU of GPU engines when --gpuids is not given")),
+                           help="the GPU of GPU engines when --gpuids is not given"), OnlyEngines(MC2, "GPU leases")),
     Opt(("--ddstartframe",), dict(dest="startframe", type=int, default=0,
                                   help="first frame summed (the first frame is 0)")),
     Opt(("--ddnframe",), dict(dest="nframe", type=int, help="number of frames summed (default: all from the first)")),
@@ -97,7 +97,7 @@ ALIGN = (
 # makeDDAlignMotionCor2_UCSF.MotionCor2UCSFAlignStackLoop
 UCSF = (
     Opt(("--gpuids",), dict(default="0", help="GPUs this run's tasks lease, one per task, e.g. 0,1 (default: "
-                                              "--gpuid)")),
+                                              "--gpuid)"), OnlyEngines(MC2, "GPU leases")),
     Opt(("--nrw",), dict(type=int, default=1, metavar="INT",
                          help="frames in the running average window (MotionCor2 -Group)"),
         OnlyEngines(MC2 + ("relion",), "grouping of frames")),
