@@ -5,6 +5,10 @@ known drift and CTF.  The image model is a weak-phase specimen seen through the 
 appion.base.physics (CTFFIND conventions), plus a low-resolution amplitude texture
 (ice/carbon-like, what frame alignment mostly locks on to), with Poisson shot noise at
 the requested dose.  Displacements follow "frame i shows specimen(r − d_i)" with d_0 = 0.
+
+Optional, off by default (so the defaults give the same images and truth as before they existed):
+a tilted specimen (defocus varying linearly across the image, see calc_defocus_map_A), a
+vitreous-ice water ring whose power grows with the ice thickness, and crystalline-ice rings.
 """
 from __future__ import annotations
 
@@ -20,6 +24,18 @@ from appion.base.physics import calc_ctf, calc_frequency_grid, calc_unoriented_g
 CTF_TERM_STD = 0.08
 TEXTURE_STD = 0.06
 LOCAL_MODEL = "quadratic-v1"
+# Vitreous ice: the diffuse water ring (centre 3.7 Å, Gaussian σ in k) whose variance (fraction of the mean
+# intensity, squared) grows linearly with the ice thickness.  Chosen so that 20-100 nm of ice raise the
+# 3.9-3.5 Å band over the shot noise of a 40 e/Å² exposure at 1 Å/px by roughly 10-60 % (relative ice
+# thickness 1.1-1.6, the range cryoSPARC Live reports on real grids).
+ICE_RING_CENTRE_A = 3.7
+ICE_RING_SIGMA_PER_A = 0.012
+ICE_RING_VAR_PER_NM = 1.2e-6
+# Crystalline (hexagonal/cubic) ice: sharp rings at these spacings (Å), Gaussian σ in k.
+CRYSTAL_ICE_LINES_A = (3.90, 3.67, 3.44)
+CRYSTAL_ICE_SIGMA_PER_A = 0.0008
+# Tilted specimens: the CTF is computed at defocus levels this far apart (Å) at most and blended linearly.
+TILT_LEVEL_STEP_A = 20.0
 
 
 @dataclass(frozen=True)
@@ -37,6 +53,10 @@ class OpticsParams:
     phase_shift_rad: float = 0.0
     bfactor_A2: float = 60.0
     seed: int = 0
+    tilt_deg: float = 0.0  # specimen tilt: defocus1/2 hold at the centre, see calc_defocus_map_A
+    tilt_axis_deg: float = 0.0  # tilt axis, degrees counter-clockwise from x
+    ice_thickness_nm: float = 0.0  # vitreous ice: water-ring power ∝ thickness (0: no ring)
+    crystalline_ice: float = 0.0  # relative std of the crystalline-ice rings (0: none)
 
 
 @dataclass(frozen=True)
@@ -88,7 +108,79 @@ def calc_clean_spectrum(params: OpticsParams, rng: np.random.Generator) -> np.nd
     # real-space variance of mean(|F|²) over the full spectrum: scale each term to its target std.
     ctf_scale = CTF_TERM_STD / np.sqrt(_half_spectrum_power(ctf_term, nx))
     tex_scale = TEXTURE_STD / np.sqrt(_half_spectrum_power(texture, nx))
-    return (white * (ctf_scale * ctf_term + tex_scale * texture)).astype(np.complex64)
+    if not (params.tilt_deg or params.ice_thickness_nm or params.crystalline_ice):
+        return (white * (ctf_scale * ctf_term + tex_scale * texture)).astype(np.complex64)
+    # Everything that passes the objective lens, before its CTF: the specimen and the ice (own noise stream,
+    # so the specimen's noise is the same as without ice).
+    lens = white * (ctf_scale * envelope * specimen_amp)
+    lens[0, 0] = 0.0
+    if params.ice_thickness_nm or params.crystalline_ice:
+        ice_white = scipy.fft.rfft2(np.random.default_rng((params.seed, 1)).standard_normal((ny, nx))
+                                    .astype(np.float32), workers=-1)
+        lens = lens + ice_white * calc_ice_filter(k, ctf * envelope, params, nx)
+    texture_spec = white * (tex_scale * texture)
+    if not params.tilt_deg:
+        return (lens * ctf + texture_spec).astype(np.complex64)
+    tilted = calc_tilted_image(lens, k, theta, params)
+    return (scipy.fft.rfft2(tilted, workers=-1) + texture_spec).astype(np.complex64)
+
+
+def calc_ice_filter(k: np.ndarray, lens_ctf: np.ndarray, params: OpticsParams, nx: int) -> np.ndarray:
+    """Amplitude filter (rfft layout, like k) of the ice terms for unit-variance white noise.
+
+    The water ring (thickness-proportional variance, see ICE_RING_VAR_PER_NM) and the crystalline-ice
+    rings (std params.crystalline_ice) are scaled so their variance after the lens (lens_ctf: CTF × envelope)
+    is what is asked for.
+    """
+    out = np.zeros(k.shape, dtype=np.float64)
+    if params.ice_thickness_nm:
+        ring = np.exp(-0.5 * ((k - 1.0 / ICE_RING_CENTRE_A) / ICE_RING_SIGMA_PER_A) ** 2)
+        out += ring * np.sqrt(ICE_RING_VAR_PER_NM * params.ice_thickness_nm
+                              / _half_spectrum_power(ring * lens_ctf, nx))
+    if params.crystalline_ice:
+        rings = sum(np.exp(-0.5 * ((k - 1.0 / d) / CRYSTAL_ICE_SIGMA_PER_A) ** 2) for d in CRYSTAL_ICE_LINES_A)
+        out += rings * params.crystalline_ice / np.sqrt(_half_spectrum_power(rings * lens_ctf, nx))
+    return out
+
+
+def calc_defocus_map_A(shape: tuple[int, int], pixel_size_A: float, tilt_deg: float, tilt_axis_deg: float):
+    """Defocus change (Å, positive = more underfocus) across a tilted specimen: (ny, nx) float64.
+
+    Δf(x, y) = tan(tilt) × s, s the signed distance (Å) of pixel (x, y) from the tilt axis through the image
+    centre, positive towards (−sin a, cos a) (a = tilt_axis_deg, counter-clockwise from x = numpy axis 1).
+    So defocus grows along the gradient direction a + 90°.
+    """
+    ny, nx = shape
+    a = np.deg2rad(tilt_axis_deg)
+    y = (np.arange(ny) - (ny - 1) / 2.0)[:, None] * pixel_size_A
+    x = (np.arange(nx) - (nx - 1) / 2.0)[None, :] * pixel_size_A
+    return np.tan(np.deg2rad(tilt_deg)) * (-np.sin(a) * x + np.cos(a) * y)
+
+
+def calc_tilted_image(lens: np.ndarray, k: np.ndarray, theta: np.ndarray, params: OpticsParams) -> np.ndarray:
+    """Real-space image (ny, nx) float32 of `lens` (rfft layout) seen through a CTF whose defocus varies
+    across the image as calc_defocus_map_A says.
+
+    The image is linear in the CTF, so it is blended per pixel (linear weights) from images computed at
+    defocus levels at most TILT_LEVEL_STEP_A apart (neighbouring levels differ by 0.05 rad in phase at 5 Å).
+    """
+    ny, nx = params.shape
+    offset = calc_defocus_map_A(params.shape, params.pixel_size_A, params.tilt_deg, params.tilt_axis_deg)
+    lo, hi = float(offset.min()), float(offset.max())
+    n = max(2, int(np.ceil((hi - lo) / TILT_LEVEL_STEP_A)) + 1)
+    levels = np.linspace(lo, hi, n)
+    pos = (offset - lo) / max(levels[1] - levels[0], 1e-12)
+    out = np.zeros((ny, nx), dtype=np.float32)
+    for j, delta in enumerate(levels):
+        weight = np.clip(1.0 - np.abs(pos - j), 0.0, None)
+        rows = np.flatnonzero(weight.any(axis=1))
+        if rows.size == 0:
+            continue
+        ctf = calc_ctf(k, theta, params.defocus1_A + delta, params.defocus2_A + delta, params.astig_angle_deg,
+                       params.voltage_kV * 1e3, params.cs_mm, params.amplitude_contrast, params.phase_shift_rad)
+        level = scipy.fft.irfft2((lens * ctf).astype(np.complex64), s=params.shape, workers=-1)
+        out[rows] += (weight[rows] * level[rows]).astype(np.float32)
+    return out
 
 
 def _half_spectrum_power(filt: np.ndarray, nx: int) -> float:
@@ -230,3 +322,24 @@ def calc_session_defoci_A(n: int, rng: np.random.Generator, low_A: float = 8000.
 
 def _jsonable(d: dict) -> dict:
     return {k: (list(v) if isinstance(v, tuple) else v) for k, v in d.items()}
+
+
+def calc_flat_movie(params: MovieParams, kind: str, rng: np.random.Generator | None = None):
+    """A movie without a specimen, and its truth: kind 'blank' (every count 0: a detector or transfer that
+    delivered nothing) or 'noise' (shot noise only, at the dose: no specimen, so no Thon rings).
+
+    Returns (frames (n, y, x) uint8, truth dict with "kind": "movie" and "content": kind; shifts all 0).
+    """
+    if kind not in ("blank", "noise"):
+        raise ValueError(f"flat movie kind must be 'blank' or 'noise', not {kind!r}")
+    rng = rng if rng is not None else np.random.default_rng(params.seed)
+    shape = (params.n_frames, *params.shape)
+    if kind == "blank":
+        frames = np.zeros(shape, dtype=np.uint8)
+    else:
+        frames = rng.poisson(params.dose_per_frame_e_per_A2 * params.pixel_size_A**2, size=shape)
+        frames = frames.astype(np.uint8 if frames.max() <= 255 else np.uint16)
+    truth = {"kind": "movie", "content": kind, **_jsonable(asdict(params)),
+             "dose_e_per_A2": params.n_frames * params.dose_per_frame_e_per_A2,
+             "shifts_px": [[0.0, 0.0]] * params.n_frames, "local_model": None, "gain": None, "gain_on_disk": None}
+    return frames, truth

@@ -85,3 +85,16 @@ def write_simulated_session(out_dir, n_movies: int, base: MovieParams, fmt: str 
         if progress:
             progress(i + 1, n_movies, path)
     return paths
+
+
+def write_movie(path, frames: np.ndarray, truth: dict, pixel_size_A: float) -> Path:
+    """One movie (TIFF for .tif/.tiff, else MRC) and its truth JSON next to it (`<stem>.truth.json`, stem =
+    the name before `.frames.`), as write_simulated_session writes them.  Returns the movie path."""
+    path = Path(path)
+    stem = path.name.split(".frames.")[0] if ".frames." in path.name else path.stem
+    write_truth_json(path.with_name(f"{stem}.truth.json"), truth)
+    if path.suffix.lower() in (".tif", ".tiff"):
+        write_movie_tiff(path, frames)
+    else:
+        write_mrc(path, frames if frames.dtype != np.uint8 else frames.astype(np.uint16), pixel_size_A)
+    return path

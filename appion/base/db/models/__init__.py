@@ -14,3 +14,4 @@ from appion.base.db.models.loop import *  # noqa: E402,F401,F403
 from appion.base.db.models.jobs import *  # noqa: E402,F401,F403
 from appion.base.db.models.workflow import *  # noqa: E402,F401,F403
 from appion.base.db.models.imports import *  # noqa: E402,F401,F403
+from appion.base.db.models.quality import *  # noqa: E402,F401,F403

@@ -1,0 +1,1 @@
+"""The quality step: per-exposure motion, CTF, tilt, ice and image-sanity metrics, and curation by thresholds."""

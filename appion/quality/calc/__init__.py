@@ -1,0 +1,1 @@
+"""Pure computations of the quality step (no I/O, no Django)."""
