@@ -9,6 +9,8 @@ program name.  Facts: shared/reference/services.md.
                         for outage tests.
   PrivateSlurm(dir)     its own munged (key, socket, pid) and a single-node slurmctld + slurmd reading dir/slurm.conf;
                         clients reach it with SLURM_CONF=dir/slurm.conf in their environment.
+  PrivateSshd(dir)      sshd -D -f dir/sshd_config on 127.0.0.1:port with its own host key, pid file and authorized
+                        keys (a client key made here; key logins only); the client options name dir/known_hosts.
 
 A reaper process (started with each server, `reap` below) stops the server by its pid files when the process that
 started it dies without stopping it (a test run killed at its timeout), so a private server never outlives its run.
@@ -408,6 +410,128 @@ class PrivateSlurm:
         self._reaper = None
 
 
+# ---------------------------------------------------------------------------------------------------- sshd
+SSHD_CONFIG_TEMPLATE = """\
+# A private sshd for the tests (tests/privateservices.py): loopback only, key logins only, own files.
+Port {port}
+ListenAddress 127.0.0.1
+HostKey {dir}/ssh_host_ed25519_key
+PidFile {dir}/sshd.pid
+AuthorizedKeysFile {dir}/authorized_keys
+PubkeyAuthentication yes
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+PermitRootLogin prohibit-password
+UsePAM no
+StrictModes no
+PrintMotd no
+Subsystem sftp internal-sftp
+{set_env}
+"""
+
+
+class PrivateSshd:
+    """An sshd of our own on 127.0.0.1:port, logging in the current user with a key made here.
+
+    As root, sshd insists on its privilege-separation directory /run/sshd; when the machine has none it runs in a
+    private mount namespace (unshare) with a tmpfs on /run holding it, so nothing of the machine is created.
+    `set_env` (sshd's SetEnv) gives every session fixed variables, e.g. SLURM_CONF=/dev/null so a remote command
+    that was not given the private Slurm's configuration fails instead of finding the machine's."""
+
+    PROGRAMS = ("sshd", "ssh", "ssh-keygen")
+
+    def __init__(self, directory: Path, set_env: dict[str, str] | None = None):
+        self.dir = Path(directory)
+        self.config = self.dir / "sshd_config"
+        self.pid_file = self.dir / "sshd.pid"
+        self.log = self.dir / "sshd.log"
+        self.client_key = self.dir / "client_ed25519"
+        self.known_hosts = self.dir / "known_hosts"
+        self.port = free_port()
+        self.user = pwd.getpwuid(os.geteuid()).pw_name
+        self.set_env = dict(set_env or {})
+        self._proc: subprocess.Popen | None = None
+        self._reaper: subprocess.Popen | None = None
+
+    @classmethod
+    def missing_programs(cls) -> list[str]:
+        return [p for p in cls.PROGRAMS if find_program(p) is None]
+
+    @property
+    def login(self) -> str:
+        return f"{self.user}@127.0.0.1"
+
+    @property
+    def client_options(self) -> list[str]:
+        """ssh -o options for a client of this server: its key, and host keys checked against its known_hosts."""
+        return [f"IdentityFile={self.client_key}", "IdentitiesOnly=yes", f"UserKnownHostsFile={self.known_hosts}",
+                "StrictHostKeyChecking=yes"]
+
+    def make_key(self, path: Path) -> Path:
+        subprocess.run([find_program("ssh-keygen"), "-q", "-t", "ed25519", "-N", "", "-C", "appion-test", "-f",
+                        str(path)], check=True, capture_output=True)
+        return path
+
+    def _write_files(self) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.dir.chmod(0o700)
+        host_key = self.make_key(self.dir / "ssh_host_ed25519_key")
+        self.make_key(self.client_key)
+        (self.dir / "authorized_keys").write_text(Path(f"{self.client_key}.pub").read_text())
+        self.known_hosts.write_text(f"[127.0.0.1]:{self.port} {Path(f'{host_key}.pub').read_text()}")
+        set_env = f"SetEnv {' '.join(f'{k}={v}' for k, v in self.set_env.items())}" if self.set_env else ""
+        self.config.write_text(SSHD_CONFIG_TEMPLATE.format(port=self.port, dir=self.dir, set_env=set_env))
+
+    def _argv(self, *flags: str) -> list[str]:
+        sshd = [find_program("sshd"), *flags, "-f", str(self.config)]
+        if not _is_root() or os.path.isdir("/run/sshd"):
+            return sshd
+        # exec keeps the pid: the Popen's pid, the pid file's and sshd's are one process
+        script = 'mount -t tmpfs -o mode=0755 appion-test-run /run && mkdir -m 0755 /run/sshd && exec "$@"'
+        return ["unshare", "--mount", "--propagation", "private", "--", "/bin/sh", "-c", script, "sh", *sshd]
+
+    def _answers(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=1) as conn:
+                return conn.recv(4).startswith(b"SSH-")
+        except OSError:
+            return False
+
+    def start(self, timeout_s: float = 30.0) -> "PrivateSshd":
+        self._write_files()
+        check = subprocess.run(self._argv("-t"), capture_output=True, text=True)
+        if check.returncode != 0:
+            raise ServiceError(f"private sshd configuration refused: {check.stderr.strip()}")
+        with open(self.log, "wb") as log:
+            self._proc = subprocess.Popen(self._argv("-D", "-e"), stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                                          start_new_session=True)
+        self._reaper = _start_reaper("sshd", self.dir)
+        up = _wait(lambda: self._proc.poll() is not None or (self.pid is not None and self._answers()), timeout_s)
+        if not up or self._proc.poll() is not None:
+            self.close()
+            raise ServiceError(f"private sshd on port {self.port} did not start:\n{_tail(self.log)}")
+        return self
+
+    @property
+    def pid(self) -> int | None:
+        return pid_from_file(self.pid_file, str(self.config))
+
+    def close(self) -> None:
+        """Stop sshd by its pid file (and the process we started), then its reaper; the directory stays."""
+        stop_by_pid_file(self.pid_file, str(self.config))
+        if self._proc is not None:
+            if self._proc.poll() is None:
+                self._proc.terminate()  # ours: the Popen we started (sshd itself, or unshare before its exec)
+            try:
+                self._proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait()
+            self._proc = None
+        _stop_reaper(self._reaper)
+        self._reaper = None
+
+
 # ---------------------------------------------------------------------------------------------------- CLI
 def _reap(owner_pid: int, kind: str, directory: Path) -> None:
     """Wait for owner_pid to end, then stop the private server in directory (if it still runs)."""
@@ -416,6 +540,8 @@ def _reap(owner_pid: int, kind: str, directory: Path) -> None:
         time.sleep(1.0)
     if kind == "mariadb":
         stop_by_pid_file(directory / "mysqld.pid", str(directory / "data"))
+    elif kind == "sshd":
+        stop_by_pid_file(directory / "sshd.pid", str(directory / "sshd_config"))
     else:
         PrivateSlurm(directory).stop()
 

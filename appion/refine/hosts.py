@@ -20,6 +20,17 @@ first host is the default:
     header_lines = ["-m n"]           # extra directives (prefix added unless the line starts with #)
     pre_lines = ["module load relion/3.1"]   # shell lines run before the commands
 
+    [hosts.gpu1]                      # a cluster reached through ssh (appion.refine.remote)
+    scheduler = "slurm"
+    login = "alice@gpu1.example.org"  # user@host or an alias of the user's ~/.ssh/config; keys only (BatchMode)
+    port = 22                         # optional
+    remote_rundir = "/home/alice/appion"  # optional: run directories are copied below it (a local
+                                      #   /data/appion/s/recon/r1 is /home/alice/appion/data/appion/s/recon/r1
+                                      #   there) and outputs copied back; unset: the same paths on both sides
+                                      #   (shared storage), nothing copied, only the scheduler commands run there
+    ssh_options = ["IdentityFile=~/.ssh/id_gpu1"]   # optional, each passed as `-o KEY=VALUE`
+    remote_env = {SLURM_CONF = "/etc/slurm-gpu/slurm.conf"}  # optional, set for every remote command
+
     [jobs]
     rundir_roots = ["/data/appion"]   # job files are only written below these (default: appion_base)
     archive_after_s = 604800          # COMPLETED -> ARCHIVED (manifest, files read-only)
@@ -51,10 +62,10 @@ SCHEDULER_ALIASES = {"torque": "pbs", "pbs": "pbs", "slurm": "slurm", "sge": "sg
                      "gridengine": "sge"}
 
 # Header values end up on '#SBATCH ...' lines: a newline would smuggle in a directive, a space an option.
-_SAFE_WORD = re.compile(r"^[A-Za-z0-9_.+:@=,-]+$")
+_SAFE_WORD = re.compile(r"^[A-Za-z0-9_.+:@=,-]+\Z")  # \Z: `$` would let a final newline pass
 # Run directories appear in header lines (output file) and in the job file: no whitespace, quotes,
 # shell or scheduler pattern characters (% is a filename pattern for sbatch).
-_SAFE_PATH = re.compile(r"^[A-Za-z0-9_./+:@=,~-]+$")
+_SAFE_PATH = re.compile(r"^[A-Za-z0-9_./+:@=,~-]+\Z")
 
 
 class HostConfigError(ValueError):
@@ -86,6 +97,25 @@ class HostLimits:
 
 
 @dataclass(frozen=True)
+class RemoteLogin:
+    """How a host's scheduler is reached when it runs on another machine (config `login` and friends).
+
+    rundir_root "" means shared storage: the run directory has the same path on both sides, so nothing
+    is copied; otherwise every local path below the run roots lives at rundir_root + that path there.
+    """
+
+    login: str  # user@host, or a host (alias) of the user's ssh config
+    port: int | None = None
+    rundir_root: str = ""
+    ssh_options: tuple[str, ...] = ()  # "Key=Value", each given to ssh as -o
+    env: tuple[tuple[str, str], ...] = ()  # (NAME, value) set for every remote command
+
+    @property
+    def copies(self) -> bool:
+        return bool(self.rundir_root)
+
+
+@dataclass(frozen=True)
 class ProcessingHost:
     """One cluster (or workstation queue) a job can be sent to."""
 
@@ -98,6 +128,7 @@ class ProcessingHost:
     header_lines: tuple[str, ...] = ()  # extra directives ('--exclusive' gets the prefix; '#...' is verbatim)
     pre_lines: tuple[str, ...] = ()  # shell lines run before the commands (module load ...), written verbatim
     sge_pe: str = "smp"  # SGE parallel environment for slots
+    remote: RemoteLogin | None = None  # None: the scheduler commands run on this machine
 
 
 @dataclass(frozen=True)
@@ -152,8 +183,44 @@ def _lines(host: str, spec: dict, key: str) -> tuple[str, ...]:
     return tuple(value)
 
 
+_REMOTE_KEYS = {"login", "port", "remote_rundir", "ssh_options", "remote_env"}
 _HOST_KEYS = {"name", "scheduler", "queue", "account", "shell", "header_lines", "pre_lines", "sge_pe", "max_nodes",
-              "max_ppn", "max_walltime_h", "max_cputime_h", "max_mem_gb", "max_pmem_mb"}
+              "max_ppn", "max_walltime_h", "max_cputime_h", "max_mem_gb", "max_pmem_mb", *_REMOTE_KEYS}
+# user@host: no leading '-' anywhere (ssh would read it as an option), nothing a shell or ssh would interpret.
+_LOGIN = re.compile(r"^(?:[A-Za-z0-9_][A-Za-z0-9_.-]*@)?[A-Za-z0-9_][A-Za-z0-9_.-]*\Z")
+# ssh -o Key=Value; the value reaches rsync's -e parser, which knows quotes but not backslashes: none of those.
+_SSH_OPTION = re.compile(r"^[A-Za-z][A-Za-z0-9]*=[^'\"\\\n\r\0]+\Z")
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\Z")
+
+
+def calc_remote_login(host: str, spec: dict) -> RemoteLogin | None:
+    """The `login`, `port`, `remote_rundir`, `ssh_options`, `remote_env` keys of a host table (None without login)."""
+    login = spec.get("login")
+    if login is None:
+        extra = sorted(k for k in _REMOTE_KEYS if k in spec)
+        if extra:
+            raise HostConfigError(f"host {host!r}: {', '.join(extra)} need login = \"user@host\"")
+        return None
+    if not (isinstance(login, str) and _LOGIN.match(login)):
+        raise HostConfigError(f"host {host!r}: login must be user@host (letters, digits and _.-), not {login!r}")
+    port = spec.get("port")
+    if port is not None and (isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536):
+        raise HostConfigError(f"host {host!r}: port must be an integer 1-65535, not {port!r}")
+    root = spec.get("remote_rundir", "")
+    if root and not (isinstance(root, str) and root.startswith("/") and _SAFE_PATH.match(root)
+                     and ".." not in PurePosixPath(root).parts):
+        raise HostConfigError(f"host {host!r}: remote_rundir must be an absolute path of letters, digits and "
+                              f"_./+:@=,~- (no '..'), not {root!r}")
+    options = spec.get("ssh_options", [])
+    if not isinstance(options, list) or not all(isinstance(o, str) and _SSH_OPTION.match(o) for o in options):
+        raise HostConfigError(f"host {host!r}: ssh_options must be a list of \"Key=Value\" strings (no quotes, "
+                              f"backslashes or newlines), not {options!r}")
+    env = spec.get("remote_env", {})
+    if not isinstance(env, dict) or not all(isinstance(k, str) and _ENV_NAME.match(k) and isinstance(v, str)
+                                            and not set(v) & {"\n", "\r", "\0"} for k, v in env.items()):
+        raise HostConfigError(f"host {host!r}: remote_env must be a table of NAME = \"value\" (single-line strings)")
+    return RemoteLogin(login=login, port=port, rundir_root=str(PurePosixPath(root)) if root else "",
+                       ssh_options=tuple(options), env=tuple(env.items()))
 
 
 def calc_host(name: str, spec: dict) -> ProcessingHost:
@@ -182,7 +249,7 @@ def calc_host(name: str, spec: dict) -> ProcessingHost:
     return ProcessingHost(name=name, scheduler=scheduler, queue=spec.get("queue", ""),
                           account=spec.get("account", ""), shell=shell, limits=limits,
                           header_lines=_lines(name, spec, "header_lines"), pre_lines=_lines(name, spec, "pre_lines"),
-                          sge_pe=spec.get("sge_pe", "smp"))
+                          sge_pe=spec.get("sge_pe", "smp"), remote=calc_remote_login(name, spec))
 
 
 DEFAULT_HOSTS = (ProcessingHost(name="localhost", scheduler="slurm"),)
@@ -506,6 +573,76 @@ class JobFiles:
     def log(self) -> str:
         return self._p(".appion.log")
 
+    @property
+    def inputs(self) -> str:
+        """Inputs outside the run directory a remote host needs copied with it (one local path per line)."""
+        return self._p(".appionsub.inputs")
+
+    @property
+    def local_only(self) -> tuple[str, ...]:
+        """Names in the run directory that are this machine's bookkeeping: never copied to a remote host nor back
+        (the job log gets lines while the job runs there; a copy back would overwrite them)."""
+        return (PurePosixPath(self.log).name, PurePosixPath(self.inputs).name, "run_commands.log")
+
+
+# ---------------------------------------------------------------- remote hosts: local paths -> theirs
+def calc_remote_path(host: ProcessingHost, path: str) -> str:
+    """Where a local absolute path lives on the host (itself for local hosts and shared storage)."""
+    if host.remote is None or not host.remote.copies:
+        return path
+    return str(PurePosixPath(host.remote.rundir_root) / str(path).lstrip("/"))
+
+
+def calc_remote_files(host: ProcessingHost, files: JobFiles) -> JobFiles:
+    return JobFiles(calc_remote_path(host, files.rundir), files.runname)
+
+
+def _below(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip("/") + "/")
+
+
+# An argument naming a path after a prefix: --o=/x, key=/x (EMAN), 000001@/x (STAR-like names).
+_PREFIXED_PATH = re.compile(r"^([^/=@]*[=@])(/.*)$", re.S)
+
+
+def calc_remote_argv(host: ProcessingHost, argv: list[str], roots: tuple[str, ...]) -> list[str]:
+    """argv with every local path below one of roots (whole argument, or after `=`/`@`) replaced by the host's."""
+    def one(arg: str) -> str:
+        if arg.startswith("/") and any(_below(arg, r) for r in roots):
+            return calc_remote_path(host, arg)
+        match = _PREFIXED_PATH.match(arg)
+        if match and any(_below(match.group(2), r) for r in roots):
+            return match.group(1) + calc_remote_path(host, match.group(2))
+        return arg
+    return [one(str(a)) for a in argv]
+
+
+def calc_input_paths(commands: list[list[str]], rundir: str, roots: tuple[str, ...]) -> list[str]:
+    """Absolute paths the commands name below the run roots but outside the run directory (pure: whether they
+    exist is the caller's question), in first-seen order."""
+    seen: dict[str, None] = {}
+    for argv in commands:
+        for arg in argv:
+            match = _PREFIXED_PATH.match(arg)
+            path = arg if arg.startswith("/") else (match.group(2) if match else "")
+            if path and ".." not in PurePosixPath(path).parts and not _below(path, rundir) \
+                    and any(_below(path, r) and path != r for r in roots):
+                seen.setdefault(str(PurePosixPath(path)), None)
+    return list(seen)
+
+
+def calc_input_copy(path: str, is_dir: bool, rundir: str, roots: tuple[str, ...]) -> str:
+    """What to copy for an input: a directory itself; a file's whole directory (a preparation's run directory:
+    a stack's companion files, e.g. IMAGIC .hed/.img, travel with it) when that directory lies strictly below a
+    run root and apart from the job's own run directory; else the file alone."""
+    if is_dir:
+        return path
+    parent = str(PurePosixPath(path).parent)
+    if any(_below(parent, r) and parent != r for r in roots) and not _below(rundir, parent) \
+            and not _below(parent, rundir):
+        return parent
+    return path
+
 
 def calc_command_line(argv: list[str]) -> str:
     """One shell line running argv exactly as given (every argument quoted on its own)."""
@@ -515,20 +652,31 @@ def calc_command_line(argv: list[str]) -> str:
 
 
 def calc_job_file_text(host: ProcessingHost, request: JobRequest, commands: list[list[str]], files: JobFiles,
-                       jobtype: str = "generic") -> str:
+                       jobtype: str = "generic", mapped_roots: tuple[str, ...] = ()) -> str:
     """The whole job file: shell line, directives, site lines, then the commands.
 
     The file reports on itself so the tracker needs no scheduler accounting: it writes its
     phase (PREPROCESSING, then RUNNING) to `<runname>.phase` and its exit status to
     `<runname>.exitcode` from an EXIT trap (atomically: temporary name, then mv); a scheduler's
     cancel signal (TERM) ends the script with status 143 so a cancelled job never reads as success.
+
+    For a host that gets copies (remote_rundir) the file is written in the host's paths: its run
+    directory, output file, and every command argument naming a path below the run directory or
+    below mapped_roots (the run roots, where prepared inputs live).
     """
+    where = f" at {host.remote.login}" if host.remote else ""
+    if host.remote is not None and host.remote.copies:
+        roots = (files.rundir, *mapped_roots)
+        commands = [calc_remote_argv(host, c, roots) for c in commands]
+        if request.output_path:
+            request = replace(request, output_path=calc_remote_argv(host, [request.output_path], roots)[0])
+        files = calc_remote_files(host, files)
     q = shlex.quote
     tmp = files.exitcode + ".tmp"
     trap_body = f'rc=$?; printf "%s\\n" "$rc" > {q(tmp)} && mv -f {q(tmp)} {q(files.exitcode)}'
     lines = [f"#!{host.shell}"]
     lines += calc_header_lines(host, request)
-    lines += ["", f"# appion job {files.runname} ({jobtype}) for processing host {host.name} ({host.scheduler})",
+    lines += ["", f"# appion job {files.runname} ({jobtype}) for processing host {host.name} ({host.scheduler}){where}",
               f"trap {q(trap_body)} EXIT",
               "trap 'exit 143' TERM; trap 'exit 130' INT; trap 'exit 129' HUP",  # cancelled: a non-zero status
               f"cd {q(files.rundir)} || exit 1",

@@ -4,10 +4,16 @@ Everything the tracker knows is in the database (ApJobLifecycleData + transition
 files the job writes about itself (`<runname>.phase`, `<runname>.exitcode`), so it needs no
 scheduler accounting and can be stopped and restarted at any point: it reads the stored
 state and continues.  Scheduler commands are argument lists (never a shell).
+
+A host with a login (appion.refine.remote) gets its scheduler commands through ssh; with a
+remote_rundir the run directory (and the prepared inputs its commands name) is copied there
+before each submission, the job's phase and exit code are read there, and the run directory is
+copied back as soon as the job has ended, before anything looks at its outputs.
 """
 from __future__ import annotations
 
 import logging
+import os
 import subprocess
 import time
 from dataclasses import asdict, dataclass
@@ -15,8 +21,9 @@ from dataclasses import asdict, dataclass
 from appion.base import jobstates as js
 from appion.base.db import models as m
 from appion.base.db.setup import current_config
+from appion.base.io.files import write_text_atomic
 from appion.base.jobstates import JobState
-from appion.refine import hosts, retrieve, store
+from appion.refine import hosts, remote, retrieve, store
 from appion.refine.calc import external
 from appion.refine.hosts import JobFiles, JobRequest, ProcessingHost
 
@@ -29,7 +36,14 @@ class SchedulerError(RuntimeError):
     """A scheduler command failed (message carries its stderr)."""
 
 
-def run_scheduler(argv: list[str], stdin_path: str | None = None, cwd: str | None = None) -> subprocess.CompletedProcess:
+def run_scheduler(argv: list[str], stdin_path: str | None = None, cwd: str | None = None,
+                  host: ProcessingHost | None = None) -> subprocess.CompletedProcess:
+    """A scheduler command, here or (a host with a login) on the host through ssh, cwd being the host's path."""
+    if host is not None and host.remote is not None:
+        try:
+            return remote.run_ssh(host, argv, cwd=cwd, stdin_path=stdin_path, timeout_s=SCHEDULER_TIMEOUT_S)
+        except remote.RemoteError as exc:
+            raise SchedulerError(str(exc)) from None
     stdin = open(stdin_path, "rb") if stdin_path else subprocess.DEVNULL
     try:
         return subprocess.run(argv, stdin=stdin, capture_output=True, text=True, cwd=cwd,
@@ -44,30 +58,64 @@ def run_scheduler(argv: list[str], stdin_path: str | None = None, cwd: str | Non
 
 
 # ---------------------------------------------------------------- submission
-def write_job(host: ProcessingHost, request: JobRequest, files: JobFiles, jobtype: str, params: dict) -> str:
+def _copies(host: ProcessingHost) -> bool:
+    return host.remote is not None and host.remote.copies
+
+
+def write_job(host: ProcessingHost, request: JobRequest, files: JobFiles, jobtype: str, params: dict,
+              roots: tuple[str, ...] | None = None) -> str:
     """Write input files and the job file for this cycle; returns the job file text.
 
-    jobtype: the job's name (an unregistered name runs as a generic job, see external.resolve_job_type)."""
+    jobtype: the job's name (an unregistered name runs as a generic job, see external.resolve_job_type).
+    For a host that gets copies, the job file is in the host's paths and the existing inputs its commands
+    name outside the run directory (below the run roots: `roots`, default the config's) are listed in
+    files.inputs for submit_job_file to copy."""
     run_as = external.resolve_job_type(jobtype)
     commands = external.build_job_commands(run_as, params)
     store.write_input_files(files.rundir, external.build_job_files(run_as, params))
-    text = hosts.calc_job_file_text(host, request, commands, files, jobtype=jobtype)
+    mapped: tuple[str, ...] = ()
+    if _copies(host):
+        mapped = roots if roots is not None else retrieve.retrieve_jobs_settings(current_config()).rundir_roots
+        inputs = [hosts.calc_input_copy(p, os.path.isdir(p), files.rundir, mapped)
+                  for p in hosts.calc_input_paths(commands, files.rundir, mapped) if os.path.exists(p)]
+        write_text_atomic(files.inputs, "".join(f"{p}\n" for p in dict.fromkeys(inputs)))
+    text = hosts.calc_job_file_text(host, request, commands, files, jobtype=jobtype, mapped_roots=mapped)
     store.write_job_file(files, text)
     return text
 
 
+def _stage_remote(host: ProcessingHost, files: JobFiles) -> JobFiles:
+    """Copy the run directory and its listed inputs to the host, clear the host's cycle files; the host's JobFiles."""
+    there = hosts.calc_remote_files(host, files)
+    try:
+        remote.copy_to(host, files.rundir, there.rundir, exclude=files.local_only)
+        for path in (retrieve.read_text_or_none(files.inputs) or "").splitlines():
+            if os.path.isdir(path):
+                remote.copy_to(host, path, hosts.calc_remote_path(host, path))
+            elif os.path.exists(path):
+                remote.copy_file_to(host, path, hosts.calc_remote_path(host, path))
+        remote.remove_remote_files(host, [there.exitcode, there.phase])
+    except (remote.RemoteError, OSError) as exc:
+        raise SchedulerError(f"copying the job to {host.name} failed: {exc}" if isinstance(exc, OSError)
+                             else str(exc)) from None
+    return there
+
+
 def submit_job_file(host: ProcessingHost, files: JobFiles) -> int:
-    """Submit the written job file; returns the cluster job id."""
+    """Submit the written job file (after copying it and its inputs to a host that gets copies); returns the
+    cluster job id."""
     store.clear_cycle_files(files)
-    cmd = hosts.calc_submit_command(host.scheduler, files.job_file)
-    result = run_scheduler(cmd.argv, cmd.stdin_path, cwd=files.rundir)
+    there = _stage_remote(host, files) if _copies(host) else files
+    cmd = hosts.calc_submit_command(host.scheduler, there.job_file)
+    stdin_path = files.job_file if cmd.stdin_path else None  # LSF reads the script on stdin: this machine's copy
+    result = run_scheduler(cmd.argv, stdin_path, cwd=there.rundir, host=host)
     if result.returncode != 0:
-        raise SchedulerError(f"{cmd.argv[0]} refused {files.job_file}: {(result.stderr or result.stdout).strip()}")
+        raise SchedulerError(f"{cmd.argv[0]} refused {there.job_file}: {(result.stderr or result.stdout).strip()}")
     return hosts.parse_job_id(host.scheduler, result.stdout)
 
 
 def cancel_job(host: ProcessingHost, cluster_job_id: int) -> None:
-    result = run_scheduler(hosts.calc_cancel_command(host.scheduler, cluster_job_id))
+    result = run_scheduler(hosts.calc_cancel_command(host.scheduler, cluster_job_id), host=host)
     if result.returncode != 0:
         raise SchedulerError(f"cancelling job {cluster_job_id} failed: {(result.stderr or result.stdout).strip()}")
 
@@ -86,7 +134,7 @@ class Observation:
 def observe(host: ProcessingHost, cluster_job_id: int, files: JobFiles) -> Observation | None:
     """None when the scheduler could not be asked (try again next poll)."""
     try:
-        result = run_scheduler(hosts.calc_status_command(host.scheduler, cluster_job_id))
+        result = run_scheduler(hosts.calc_status_command(host.scheduler, cluster_job_id), host=host)
     except SchedulerError as exc:
         log.warning("%s", exc)
         return None
@@ -102,19 +150,41 @@ def observe(host: ProcessingHost, cluster_job_id: int, files: JobFiles) -> Obser
             log.warning("status of job %s: %s", cluster_job_id, result.stderr.strip())
             return None
     letter = hosts.parse_state(host.scheduler, cluster_job_id, text)
-    exit_code = retrieve.read_exit_code(files)
+    try:
+        phase, exit_code = _read_job_state(host, files)
+    except remote.RemoteError as exc:
+        log.warning("job %s: %s", cluster_job_id, exc)
+        return None
     final_word = ""
     if letter is None or letter in ("D", "E"):
         final_cmd = hosts.calc_final_state_command(host.scheduler, cluster_job_id)
         if final_cmd:
             try:
-                final = run_scheduler(final_cmd)
+                final = run_scheduler(final_cmd, host=host)
                 letter_final, final_word = hosts.parse_final_state(host.scheduler, final.stdout)
                 if letter is None and letter_final is not None and exit_code is None:
                     letter = letter_final
             except SchedulerError as exc:
                 log.warning("%s", exc)
-    return Observation(letter=letter, phase=retrieve.read_phase(files), exit_code=exit_code, final_word=final_word)
+    if _copies(host) and (exit_code is not None or letter in (None, "D", "E")):
+        try:  # the job has ended: its outputs come home before anyone reads them
+            remote.copy_back(host, hosts.calc_remote_files(host, files).rundir, files.rundir,
+                             exclude=files.local_only)
+        except (remote.RemoteError, OSError) as exc:
+            log.warning("job %s ended on %s but its outputs could not be copied back (trying again): %s",
+                        cluster_job_id, host.name, exc)
+            return None
+    return Observation(letter=letter, phase=phase, exit_code=exit_code, final_word=final_word)
+
+
+def _read_job_state(host: ProcessingHost, files: JobFiles) -> tuple[str | None, int | None]:
+    """(phase, exit code) from the job's own files: here, or on a host that gets copies."""
+    if not _copies(host):
+        return retrieve.read_phase(files), retrieve.read_exit_code(files)
+    there = hosts.calc_remote_files(host, files)
+    texts = remote.read_remote_files(host, [there.phase, there.exitcode])
+    phase, code = texts[there.phase], texts[there.exitcode]
+    return ((phase.strip() or None) if phase else None), (None if code is None else hosts.parse_exit_code(code))
 
 
 def calc_scheduled_target(state: JobState, obs: Observation) -> tuple[JobState, str]:
@@ -200,7 +270,8 @@ def step_lifecycle(ctx: Context, lifecycle, now: float) -> bool:
                                 now=now, clear_cluster_job_id=True, cycle=cycle, params=next_params)
         host = _host_for(ctx, lifecycle)
         try:
-            write_job(host, _request_for(lifecycle), files, lifecycle.jobtype, next_params)
+            write_job(host, _request_for(lifecycle), files, lifecycle.jobtype, next_params,
+                      roots=ctx.settings.rundir_roots)
             cluster_id = submit_job_file(host, files)
         except (SchedulerError, hosts.SchedulerOutputError, OSError, external.JobParamsError) as exc:
             store.store_transitions(lifecycle, [js.calc_transition(JobState.RUNNING, JobState.FAILED,
