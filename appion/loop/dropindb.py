@@ -79,8 +79,7 @@ def retrieve_best_images(session_id: int) -> set[int]:
                             .values_list("image_id", "status")):
         status[image_id] = value
     keep: dict[int, bool] = {}
-    image_ids = m.AcquisitionImageData.objects.filter(session_id=session_id).values_list("id", flat=True)
-    for image_id, value in (m.ApAssessmentData.objects.filter(image_id__in=list(image_ids)).order_by("id")
+    for image_id, value in (m.ApAssessmentData.objects.filter(assessmentrun__session_id=session_id).order_by("id")
                             .values_list("image_id", "selectionkeep")):
         keep[image_id] = bool(value)
     return {i for i, s in status.items() if s == "exemplar"} | {i for i, k in keep.items() if k}
@@ -93,27 +92,24 @@ def calc_ctf_score(row: tuple) -> float:
 
 
 def retrieve_well_fitted(session_id: int, reprocess: float) -> set[int]:
-    """Images whose best CTF fit (any run) scores above `reprocess`: classic --reprocess leaves them alone."""
-    image_ids = list(m.AcquisitionImageData.objects.filter(session_id=session_id).values_list("id", flat=True))
+    """Images whose best CTF fit (any run of the session) scores above `reprocess`: classic --reprocess leaves
+    them alone."""
     best: dict[int, float] = {}
-    for image_id, *conf in (m.ApCtfData.objects.filter(image_id__in=image_ids)
+    for image_id, *conf in (m.ApCtfData.objects.filter(acerun__session_id=session_id)
                             .values_list("image_id", "confidence", "confidence_d", "confidence_30_10",
                                          "confidence_5_peak")):
         best[image_id] = max(best.get(image_id, 0.0), calc_ctf_score(conf))
     return {i for i, score in best.items() if score > reprocess}
 
 
-def retrieve_aligned_images(image_ids) -> set[int]:
-    """Of these images, those a frame-alignment run made (camera 'align frames', or the result of a pair row)."""
-    ids = list(image_ids)
-    if not ids:
-        return set()
-    rows = m.AcquisitionImageData.objects.filter(id__in=ids).values_list("id", "camera_id")
-    cameras = {c for _, c in rows if c is not None}
-    aligned_cams = set(m.CameraEMData.objects.filter(id__in=cameras, align_frames=True).values_list("id", flat=True))
-    out = {i for i, c in rows if c in aligned_cams}
-    out |= set(m.ApDDAlignImagePairData.objects.filter(result_id__in=ids).values_list("result_id", flat=True))
-    return out
+def retrieve_aligned_images(session_id: int, image_id: int | None = None) -> set[int]:
+    """Images of the session (or just `image_id`) that a frame-alignment run made: their camera says 'align
+    frames', or they are the result of an ApDDAlignImagePairData row."""
+    images = m.AcquisitionImageData.objects.filter(session_id=session_id, camera__align_frames=True)
+    pairs = m.ApDDAlignImagePairData.objects.filter(ddstackrun__session_id=session_id)
+    if image_id is not None:
+        images, pairs = images.filter(id=image_id), pairs.filter(result_id=image_id)
+    return set(images.values_list("id", flat=True)) | set(pairs.values_list("result_id", flat=True))
 
 
 def calc_image_selection(session_name: str, *, mrclist: str | None = None, ddstackid: int | None = None,
@@ -140,10 +136,10 @@ def calc_image_selection(session_name: str, *, mrclist: str | None = None, ddsta
     exclude: set[int] = set()
     if reprocess is not None:
         exclude |= retrieve_well_fitted(session_id, reprocess)
-    known = list(m.AcquisitionImageData.objects.filter(session_id=session_id).values_list("id", flat=True))
+    known_max = (m.AcquisitionImageData.objects.filter(session_id=session_id).order_by("-id")
+                 .values_list("id", flat=True).first() or 0)
     later = None
     if uncorrected:
-        exclude |= retrieve_aligned_images(known)
-        later = lambda image_id: bool(retrieve_aligned_images([image_id]))  # noqa: E731
-    return ImageSelection(frozenset(include) if include is not None else None, frozenset(exclude), later,
-                          max(known, default=0))
+        exclude |= retrieve_aligned_images(session_id)
+        later = lambda image_id: bool(retrieve_aligned_images(session_id, image_id))  # noqa: E731
+    return ImageSelection(frozenset(include) if include is not None else None, frozenset(exclude), later, known_max)

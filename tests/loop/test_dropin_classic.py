@@ -356,6 +356,19 @@ def test_every_option_has_help_and_at_least_30_lines_were_replayed():
         assert len(REPLAYED) >= 30, len(REPLAYED)
 
 
+def test_image_selection_decides_new_images_as_they_arrive():
+    """The loop asks `image_id in selection` of each new image: include/exclude sets known at the start, and for
+    images that arrive later (ids above known_max) the run's check (e.g. --uncorrected: not an aligned sum)."""
+    from appion.loop.dropindb import ImageSelection
+
+    asked = []
+    sel = ImageSelection(None, frozenset({2}), lambda i: asked.append(i) or i == 7, known_max=5)
+    assert [i in sel for i in (1, 2, 5, 6, 7, 7)] == [True, False, True, True, False, False]
+    assert asked == [6, 7]  # each later image checked once
+    sel = ImageSelection(frozenset({1, 3}), frozenset({3}))
+    assert [i in sel for i in (1, 2, 3, 9)] == [True, False, False, False]
+
+
 @pytest.mark.mariadb
 def test_project_database_gets_its_tables_on_first_use(mariadb_home, tmp_path):
     """A classic `-p` run whose project's processingdb row names a database that does not exist yet: it is
