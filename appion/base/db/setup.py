@@ -102,9 +102,9 @@ def use_appion_database(project_id: int | None = None, name: str | None = None) 
     name wins; else the project's processingdb row; else the configured [database] appion.
     With SQLite this is a no-op (one file).  Returns the database name in use.  The switch is
     process-wide (the shared settings and this thread's open connection), as classic's is.
-    As sinedon does, the database gets its missing appion tables on first use (created once per
-    database per process; existing tables are never altered), and a database that does not exist
-    yet is created.
+    As sinedon does, a project's database (any other than the configured [database] appion, which
+    `appion db init` prepares) gets its missing appion tables on first use, once per database per
+    process (existing tables are never altered); one the server does not know yet is created.
     """
     from django.db import connections
 
@@ -129,7 +129,8 @@ def use_appion_database(project_id: int | None = None, name: str | None = None) 
         if conn.settings_dict["NAME"] != name:
             conn.close()
             conn.settings_dict["NAME"] = name  # the same dict as settings.DATABASES['appion']
-        if name not in _tables_ready:
+        configured = config.appion.name if config.appion is not None else None
+        if name != configured and name not in _tables_ready:
             _prepare_appion_database(name)
             _tables_ready.add(name)
     return name
@@ -157,7 +158,7 @@ def _prepare_appion_database(name: str) -> None:
 
 
 def _create_database(name: str) -> None:
-    """CREATE DATABASE on the appion alias's server (the name comes from a processingdb row or the config)."""
+    """CREATE DATABASE on the appion alias's server (the name comes from a processingdb row or the caller)."""
     from django.db import connections
 
     if not _DB_NAME.fullmatch(name):
