@@ -178,3 +178,30 @@ def test_equiphase_radius_matches_the_ctf_phase():
     chi_pixel = calc_chi(spec.k, theta, d1, d2, ang, 300e3, 2.7)
     chi_mean = calc_chi(ke, 0.0, 15500.0, 15500.0, 0.0, 300e3, 2.7)
     np.testing.assert_allclose(chi_mean, chi_pixel, atol=1e-6)
+
+
+def test_warm_up_runs_the_whole_estimator_on_a_tiny_micrograph(tmp_path):
+    """estimate.warm_up_engines: both cases (with and without the phase search) run, outputs removed."""
+    from appion.ctfestimation import estimate
+
+    seconds = estimate.warm_up_engines(work_dir=tmp_path)
+    assert set(seconds) == {"plain", "phase"} and all(s > 0 for s in seconds.values())
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_diagnostic_png_is_drawn_with_the_fit(tmp_path):
+    """The Pillow-drawn diagnostic: 990×432 RGB, the half-and-half spectrum panel where it belongs."""
+    from PIL import Image
+
+    from appion.ctfestimation import outputs
+
+    case = MicrographParams(shape=(1024, 1024), pixel_size_A=1.0, defocus1_A=15000.0, defocus2_A=14500.0,
+                            astig_angle_deg=20.0, seed=5)
+    image, _ = calc_micrograph(case)
+    fit = calc_ctf_fit(image.astype(np.float32), _params(case, box=256))
+    path = outputs.write_diagnostic_png(tmp_path / "d.png", fit, 5.0, title="d.mrc")
+    picture = np.asarray(Image.open(path).convert("RGB"))
+    assert picture.shape == (432, 990, 3)
+    panel = picture[60:360, 120:420].astype(float).mean(axis=2)
+    assert panel.std() > 30  # rings and noise, not a blank panel
+    assert outputs.calc_ticks(-1.5, 2.5, 8)[1] == 0.5 and outputs.format_tick(-0.2, 0.1) == "\u22120.2"

@@ -162,3 +162,13 @@ def test_alignment_binning_follows_bfactor():
     small = I.calc_binned_frames(np.arange(2 * 6 * 8, dtype=np.float32).reshape(2, 6, 8), 2)
     assert small.shape == (2, 3, 4)
     assert small[0, 0, 0] == pytest.approx((0 + 1 + 8 + 9) / 4)
+
+
+def test_warm_up_runs_every_code_path_on_tiny_movies(tmp_path):
+    """align.warm_up_engines: 8- and 16-bit TIFF (frames kept as stored) and float MRC with defects and
+    patches all align; nothing is left behind."""
+    from appion.motioncorrection import align
+
+    seconds = align.warm_up_engines(work_dir=tmp_path)
+    assert set(seconds) == {"tif-uint8", "tif-uint16", "mrc-float32"}
+    assert list(tmp_path.iterdir()) == []
