@@ -48,6 +48,7 @@ from appion.loop.cluster import (ClusterSettings, check_cluster_commands, descri
                                  stop_cluster)
 from appion.loop.db import DatabaseRetry, db_errors, retrieve_exposure_inputs, retrieve_exposure_rows
 from appion.loop.records import LoopSettings, LoopSummary, Work, user_errors  # noqa: F401 (the loop's API)
+from appion.loop.alerts import LoopAlerts
 from appion.loop.runsetup import RunSetup
 from appion.loop.tasks import TaskSpec, run_step_task, warm_up_plugin
 from appion.workflow.calc import CANCELLED, COMPLETED, WAITING, AllOf, Is, calc_decision
@@ -60,7 +61,7 @@ TILT_CHOICES = ("all", "notilt", "hightilt", "lowtilt", "minustilt", "plustilt")
 TERMINAL = (COMPLETED, WF_FAILED, CANCELLED)
 
 
-class Loop(RunSetup):
+class Loop(RunSetup, LoopAlerts):
     """One loop run over one session.  State is real here: queues, in-flight futures, attempts."""
 
     def __init__(self, settings: LoopSettings):
@@ -169,6 +170,7 @@ class Loop(RunSetup):
                 log.error("exposure %s %s cannot be processed: %s", image_id, step, reason)
         for image_id in chosen:
             self.accepted += 1
+            self.alerts_arrived(inputs[image_id].arrived)
             self.inputs[image_id] = inputs[image_id]
             self.states[image_id] = states[image_id]
             self.outputs.update({(image_id, n): outputs[(image_id, n)] for n in self.order
@@ -279,6 +281,7 @@ class Loop(RunSetup):
         inp = self.inputs.pop(image_id)
         states = self.states.pop(image_id)
         records = self.records.pop(image_id, {})
+        self.alerts_exposure_finished(states)
         if all(s == COMPLETED for s in states.values()) and records:
             latency = time.time() - inp.arrived
             self.summary.done.append(image_id)
@@ -433,6 +436,7 @@ class Loop(RunSetup):
         else:
             log.error("%s %s permanently failed after %d attempts: %s", name, step, attempts, reason)
         self.summary.failed[key] = reason
+        self.alerts_failed(image_id, name, step, reason)
         self.reasons[key] = reason
         if row is not None and self.s.commit:
             self.db(ls.store_loop_exposure_fields, row, status=FAILED, attempts=attempts, last_error=reason,
@@ -468,7 +472,9 @@ class Loop(RunSetup):
 
     def run(self) -> LoopSummary:
         error = None
+        ended_by_itself = False  # caught up (--no-wait), the session done or --limit: not a signal
         try:
+            self.alerts_start()  # a misconfigured [notify] stops the run before anything is registered
             self.setup()  # inside: a failure after the run is registered (a full disk ...) marks it E
             self._publish_services()
             self.cluster, self.client, self.task_slots = start_cluster(self.cluster_settings)
@@ -492,9 +498,11 @@ class Loop(RunSetup):
                     if not self.session_done:
                         self.session_done = self.db(r.retrieve_session_done, self.session.id,
                                                     what="checking whether the session is done")
+                    self.alerts_poll()
                     next_poll = now + self.s.poll_s
                 self.submit_ready()
                 if self.should_exit():
+                    ended_by_itself = True
                     break
                 self.collect(min(0.5, self.s.poll_s))
         except BaseException as exc:
@@ -502,6 +510,7 @@ class Loop(RunSetup):
             raise
         finally:
             self.shutdown(error)
+            self.alerts_finish(error is None and ended_by_itself)
         return self.summary
 
     def shutdown(self, error: BaseException | None) -> None:

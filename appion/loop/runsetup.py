@@ -13,6 +13,7 @@ from pathlib import Path
 
 import appion
 from appion.base.db import current_config, use_appion_database
+from appion.base.db import models as m
 from appion.base.io.files import write_text_atomic
 from appion.base.names import check_inside, check_name
 from appion.base.session import retrieve as r
@@ -63,6 +64,7 @@ class RunSetup:
                                         self.s.runname, self.settings[n], commit=self.storing[n],
                                         preset_id=self.preset_ids[0] if self.preset_ids else None)
         if self.s.commit:
+            self._wait_for_first_exposure()
             self.db(self._store_runs, what="registering the run")
             looprun_id = self.looprun_id
             self.heartbeat = Heartbeat(lambda: ls.store_loop_run_fields(looprun_id, heartbeat=time.time()),
@@ -71,6 +73,21 @@ class RunSetup:
             run.rundir.mkdir(parents=True, exist_ok=True)
         self._clean_leftovers(PART_MARGIN_S)
         self._write_params_file()
+
+    def _wait_for_first_exposure(self) -> None:
+        """A run started before the microscope recorded anything waits for the session's first exposure: the
+        steps' run rows need the session's optics (the CTF run's Cs, ...), which arrive with it."""
+        def has_exposures() -> bool:
+            return m.AcquisitionImageData.objects.filter(session_id=self.session.id).exists()
+
+        said = False
+        while not self.db(has_exposures, what="waiting for the first exposure"):
+            if not self.s.wait or self.stop_requested:
+                raise LoopError(f"session {self.session.name!r} has no exposures yet: nothing to process")
+            if not said:
+                log.info("session %s has no exposures yet: waiting for the first one", self.session.name)
+                said = True
+            time.sleep(min(self.s.poll_s, 1.0))
 
     def _own_margin_at_end_s(self) -> float:
         """At the end, once this loop's workers are gone, every temporary in its own run directories is a

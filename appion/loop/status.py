@@ -9,6 +9,8 @@ import json
 import time
 from pathlib import Path
 
+from django.db import DatabaseError
+
 from appion.base.db import models as m
 from appion.base.db.fields import parse_seq
 from appion.base.db.models.loop import DONE, FAILED, QUEUED, RETRY, RUNNING
@@ -51,6 +53,17 @@ def calc_status_report(session_name: str, runname: str | None = None, now: float
     if runname:
         runs = runs.filter(runname=runname)
     lines = [f"session {session.name}"]
+    try:
+        refusals = r.retrieve_import_refusals(session.id)
+    except DatabaseError as exc:  # a database from before the refusals table: say so, go on
+        refusals = []
+        lines.append(f"  (import refusals not available: {' '.join(str(exc).split())[:120]}; run `appion db init`)")
+    if refusals:
+        lines.append(f"  {len(refusals)} movie(s) refused by session import (not registered):")
+        for x in refusals[:20]:
+            lines.append(f"    refused {x.path}: {x.reason}" + (f" ({x.count} times)" if x.count > 1 else ""))
+        if len(refusals) > 20:
+            lines.append(f"    ... and {len(refusals) - 20} more")
     if not runs.exists():
         lines.append("  no loop runs yet (start one with `appion loop --session NAME`)")
         return "\n".join(lines)
