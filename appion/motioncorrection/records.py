@@ -31,6 +31,12 @@ class MotionSettings:
     frame_ref: int | None = None  # MotionCor2 -FmRef (None: the program's default)
     mask_center: tuple[float, float] | None = None  # MotionCor2 -MaskCent
     mask_size: tuple[float, float] | None = None  # MotionCor2 -MaskSize
+    gain_path: str | None = None  # classic --gainfile: this gain reference instead of the session's
+    gain_rotate: int | None = None  # classic --rotgain (× 90°, the session's frame rotate convention)
+    gain_flip: int | None = None  # classic --flipgain (1: top to bottom)
+    bad_rows: str | None = None  # classic --bad_rows with --override_db: replaces the corrector plan's
+    bad_cols: str | None = None  # classic --bad_cols with --override_db
+    frames_dir: str | None = None  # classic --framepath: read the movies from this directory
     executable: str | None = None  # external engines: program path
     threads: int = 1  # numba/FFT threads a task may use
 
@@ -54,6 +60,7 @@ class MotionRecord:
     log_path: str | None = None
     plot_path: str | None = None
     log_positions: tuple[tuple[float, float], ...] = ()  # the classic log's per-frame xy shifts (binned px)
+    problem: str | None = None  # the aligned sum is unusable (blank, NaN, saturated ...): appion.base.imagecheck
 
 
 @dataclass(frozen=True)
@@ -65,3 +72,4 @@ class AlignedImage:
     filename: str  # without .mrc, in the session's image directory
     pixel_size_A: float
     sum_image_id: int | None = None  # the non-dose-weighted sum, when a dose-weighted one is the output
+    rejected: str | None = None  # why later steps must not use it (an unusable aligned sum)

@@ -4,12 +4,14 @@ Imported only after appion.base.db.bootstrap() (the loop process), never on work
 """
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 
 from appion.base.db import models as m
 from appion.base.db.fields import parse_seq
 from appion.base.exposure import ExposureInput
 from appion.base.session.retrieve import retrieve_images_by_filename
+from appion.base.session.viewer import REJECTED_VIEWER_STATUS, retrieve_viewer_status, store_viewer_hidden
 from appion.base.steps import StepInput, StepRun
 from appion.motioncorrection import store as mstore
 from appion.motioncorrection.calc.rows import calc_align_stats_fields, calc_total_drift_px, calc_trajectory_fields
@@ -34,8 +36,12 @@ def store_motion_result(record: MotionRecord, run: StepRun, task: StepInput,
                              calc_trajectory_fields(record.log_positions),
                              calc_align_stats_fields(record.log_positions, record.out_pixel_size_A), inside=inside)
     name = record.dw_filename or record.sum_filename
+    rejected = None
+    if getattr(record, "problem", None):  # an unusable sum: hidden in the classic viewer, later steps skip it
+        rejected = f"unusable aligned sum: {record.problem}"
+        store_viewer_hidden(run.session_id, [i for i in (task.exposure.image_id, result_id, dw_id) if i])
     return AlignedImage(task.exposure.image_id, dw_id or result_id, name, record.out_pixel_size_A,
-                        result_id if dw_id else None)
+                        result_id if dw_id else None, rejected)
 
 
 def retrieve_motion_outputs(run: StepRun, exposure_ids: Sequence[int],
@@ -58,6 +64,10 @@ def retrieve_motion_outputs(run: StepRun, exposure_ids: Sequence[int],
             out[source] = AlignedImage(source, dw[f"{name}-DW"], f"{name}-DW", pixel, result)
         else:
             out[source] = AlignedImage(source, result, name, pixel)
+    hidden = retrieve_viewer_status([a.image_id for a in out.values()])
+    for source, aligned in list(out.items()):
+        if hidden.get(aligned.image_id) in REJECTED_VIEWER_STATUS:
+            out[source] = dataclasses.replace(aligned, rejected=f"{aligned.filename} is hidden in the viewer")
     return out
 
 

@@ -5,6 +5,7 @@ session's image directory, the classic log and plot into the run directory.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import socket
@@ -116,7 +117,7 @@ def run_motion_task(task: StepInput, settings: MotionSettings) -> MotionRecord:
     from appion.base.io import movies
 
     start = time.perf_counter()
-    inp: ExposureInput = task.exposure
+    inp: ExposureInput = calc_exposure_overrides(task.exposure, settings)
     run = Path(task.rundir)
     run.mkdir(parents=True, exist_ok=True)
     image_dir = Path(inp.image_dir)
@@ -137,9 +138,70 @@ def run_motion_task(task: StepInput, settings: MotionSettings) -> MotionRecord:
         move_into(Path(out["dw_path"]), image_dir / f"{dw_name}.mrc")
     shape = read_mrc_shape(image_dir / f"{sum_name}.mrc")
     log_text = Path(out["log_path"]).read_text()
+    problem = read_sum_problem(image_dir / f"{sum_name}.mrc")  # e.g. the all-black sums some MotionCor3 runs give
     return MotionRecord(inp.image_id, sum_name, dw_name, shifts, out["pixel_size_A"], shape, settings.bin,
                         time.perf_counter() - start, worker_name(), str(out["log_path"]),
-                        str(out.get("plot_path") or ""), parse_st_log_positions(log_text))
+                        str(out.get("plot_path") or ""), parse_st_log_positions(log_text), problem)
+
+
+def calc_exposure_overrides(inp: ExposureInput, settings: MotionSettings) -> ExposureInput:
+    """The exposure with the run's classic overrides applied (--gainfile, --rotgain, --flipgain, --bad_rows,
+    --bad_cols, --framepath); without overrides the exposure as Leginon recorded it."""
+    changes = {}
+    if settings.gain_path:
+        changes["gain_path"] = settings.gain_path
+    if settings.gain_rotate is not None:
+        changes["frame_rotate"] = int(settings.gain_rotate)
+    if settings.gain_flip is not None:
+        changes["frame_flip"] = int(settings.gain_flip)
+    if settings.bad_rows is not None or settings.bad_cols is not None:
+        changes["defects"] = (settings.bad_rows, settings.bad_cols, inp.defects[2])
+    if settings.frames_dir:
+        changes["movie_path"] = str(Path(settings.frames_dir) / Path(inp.movie_path).name)
+    return dataclasses.replace(inp, **changes) if changes else inp
+
+
+def read_sum_problem(path: Path) -> str | None:
+    """Why an aligned sum cannot be used (appion.base.imagecheck), naming the file; None when it is fine."""
+    import mrcfile
+
+    from appion.base.imagecheck import calc_image_problem
+
+    with mrcfile.open(path, permissive=True) as mrc:
+        problem = calc_image_problem(mrc.data)
+    return f"{path.name}: {problem}" if problem else None
+
+
+def write_defect_map(inp: ExposureInput, rundir: Path) -> str | None:
+    """The corrector plan's bad rows/columns/pixels as a defect map (MRC, 1 = bad) in the run directory, for
+    the engines (appion's -defects, MotionCor2's -DefectMap); None without defects.  One file per distinct plan
+    and frame size, written once."""
+    import hashlib
+
+    import mrcfile
+    import numpy as np
+
+    from appion.base.io import movies
+    from appion.base.io.files import write_atomic
+
+    if not any(inp.defects):
+        return None
+    shape = movies.read_movie_header(inp.movie_path).shape_yx
+    key = hashlib.sha1(repr((inp.defects, shape)).encode()).hexdigest()[:12]
+    path = rundir / f"defects-{key}.mrc"
+    if path.exists():
+        return str(path)
+    try:
+        mask = movies.calc_defect_mask(movies.calc_defect_list_from_plan(*inp.defects), shape)
+    except ValueError as exc:
+        raise movies.MovieError(f"{inp.movie_path}: the defect list does not fit the frames: {exc}") from None
+
+    def write(tmp: Path) -> None:
+        with mrcfile.new(tmp, overwrite=True) as mrc:
+            mrc.set_data(mask.astype(np.int8))
+
+    write_atomic(path, write)
+    return str(path)
 
 
 def read_mrc_shape(path: Path) -> tuple[int, int]:
@@ -167,7 +229,8 @@ def run_motion_engine(inp: ExposureInput, settings: MotionSettings, out_path: Pa
             bin_factor=settings.bin, dose_per_frame_e_per_A2=dose_per_frame, voltage_kV=inp.voltage_kV,
             first_frame=first, last_frame=last, eer_sampling=settings.eer_sampling,
             eer_grouping=settings.rendered_frame_size, bfactor_global_A2=settings.bfactor_global_A2,
-            bfactor_local_A2=settings.bfactor_local_A2, threads=settings.threads, appion_log=True)
+            bfactor_local_A2=settings.bfactor_local_A2, threads=settings.threads, appion_log=True,
+            defects_path=write_defect_map(inp, out_path.parent))
         o = align_movie_file(inp.movie_path, out_path, options)
         return {"sum_path": o.sum_path, "dw_path": o.dw_path, "shifts_px": o.shifts_px,
                 "pixel_size_A": o.pixel_size_A, "log_path": o.log_path, "plot_path": o.plot_path}
@@ -190,7 +253,8 @@ def run_motion_engine(inp: ExposureInput, settings: MotionSettings, out_path: Pa
             gpu_ids=gpu_ids, dose_weight=dose_per_frame is not None,
             total_dose_e_per_A2=(dose_per_frame or 0.0) * (inp.n_frames or 0) or None, gain_path=inp.gain_path,
             dark_path=inp.dark_path, gain_rotate=inp.frame_rotate, gain_flip=inp.frame_flip,
-            rendered_frame_size=settings.rendered_frame_size, eer_sampling=settings.eer_sampling)
+            rendered_frame_size=settings.rendered_frame_size, eer_sampling=settings.eer_sampling,
+            defect_map_path=write_defect_map(inp, out_path.parent))
         o = ext.run_motioncor2(exe, inp.movie_path, out_path, params, timeout_s=3600.0)
         s = o.shifts_px - o.shifts_px[0]
         disp = ext.calc_displacement_from_relion_shifts(s, kind)

@@ -9,8 +9,8 @@ from appion.base.db import models as m
 from appion.base.db.fields import SeqError, parse_seq
 from appion.base.session.retrieve import retrieve_images_by_filename
 from appion.motioncorrection.calc.rows import parse_st_log_positions
+from appion.base.session.viewer import REJECTED_VIEWER_STATUS, retrieve_viewer_status  # noqa: F401 (re-exported)
 
-REJECTED_VIEWER_STATUS = ("hidden", "trash")
 
 
 @dataclass(frozen=True)
@@ -89,13 +89,4 @@ def retrieve_aligned_image_ids(source_id: int) -> set[int]:
     out = set(results)
     for session_id, name in rows:
         out |= set(retrieve_images_by_filename(session_id, [f"{name}-DW"]).values())
-    return out
-
-
-def retrieve_viewer_status(image_ids) -> dict[int, str | None]:
-    """image id → its newest ViewerImageStatus status (images without one are left out)."""
-    out: dict[int, str | None] = {}
-    for image_id, status in (m.ViewerImageStatus.objects.filter(image_id__in=list(image_ids)).order_by("id")
-                             .values_list("image_id", "status")):
-        out[image_id] = status
     return out

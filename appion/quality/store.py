@@ -9,7 +9,8 @@ from appion.base.db import models as m
 from appion.base.db.router import alias_for
 from appion.base.db.sinedon import insert, serialised_inserts
 from appion.base.session.store import RunConflict, store_path
-from appion.quality.retrieve import REJECTED_VIEWER_STATUS, retrieve_aligned_image_ids, retrieve_viewer_status
+from appion.base.session.viewer import store_viewer_hidden, store_viewer_visible  # noqa: F401 (re-exported)
+from appion.quality.retrieve import retrieve_aligned_image_ids
 
 
 def store_quality_run(session_id: int, runname: str, rundir, params: dict):
@@ -38,30 +39,6 @@ def store_quality_row(qualityrun_id: int, image_id: int, fields: dict, inside=No
             store_viewer_hidden(session_id, hide)
         m.ApQualityData.objects.create(qualityrun_id=qualityrun_id, image_id=image_id, **fields)
     return True
-
-
-def store_viewer_hidden(session_id: int, image_ids) -> list[int]:
-    """Hide images in the classic viewer: ViewerImageStatus 'hidden', as the viewer itself writes it (one
-    row per image: the image's other status rows are replaced).  Images already hidden or trashed are left
-    as they are.  Returns the images newly hidden."""
-    ids = sorted(set(image_ids))
-    with serialised_inserts(alias_for(m.ViewerImageStatus)):
-        status = retrieve_viewer_status(ids)
-        todo = [i for i in ids if status.get(i) not in REJECTED_VIEWER_STATUS]
-        if todo:
-            m.ViewerImageStatus.objects.filter(image_id__in=todo).delete()
-            m.ViewerImageStatus.objects.bulk_create(
-                [m.ViewerImageStatus(session_id=session_id, image_id=i, status="hidden") for i in todo])
-    return todo
-
-
-def store_viewer_visible(image_ids) -> int:
-    """Show images again in the classic viewer (its 'unhide': the hidden/trash status rows go).  Returns how
-    many rows were removed."""
-    with serialised_inserts(alias_for(m.ViewerImageStatus)):
-        deleted, _ = (m.ViewerImageStatus.objects.filter(image_id__in=sorted(set(image_ids)),
-                                                         status__in=REJECTED_VIEWER_STATUS).delete())
-    return deleted
 
 
 def store_manual_verdict(image_id: int, accepted: bool, reason: str | None = None, user: str | None = None) -> int:

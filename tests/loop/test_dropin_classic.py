@@ -19,6 +19,8 @@ import sqlite3
 import subprocess
 from pathlib import Path
 
+import mrcfile
+import numpy as np
 import pytest
 
 from tests.conftest import mysql_exec
@@ -166,7 +168,6 @@ def test_makeddalign_classic_lines(site):
     assert "--useGS has no effect: appion has no Gram-Schmidt" in out
     assert db.dd_run("dd2")[:2] == (2, "appion")
     assert db.dd_pairs("dd2") == [(m, f"{m}-b") for m in MOVIES]  # no --doseweight: the sums are the results
-    import mrcfile
     with mrcfile.open(raw / "lp_00001en-b.mrc", header_only=True) as mrc:
         assert (int(mrc.header.ny), int(mrc.header.nx)) == (128, 128)
 
@@ -214,13 +215,25 @@ def test_makeddalign_classic_lines(site):
     assert (db.count("ApDDStackRunData"), db.count("ScriptProgramRun")) == before
     assert len(list((base / "dd11").glob("*_st_Log.txt"))) == 2
 
-    # gain/defect overrides and the other options classic command lines carry (accepted; one warning each)
+    # gain/defect overrides (applied) and the other options classic command lines carry (one warning each)
+    gain = home / "override-gain.mrc"
+    with mrcfile.new(gain, overwrite=True) as mrc:
+        mrc.set_data(np.ones((256, 256), np.float32))
+    frames = home.parent / "sim" / "frames"
     replay(env, "makeDDAlignMotionCor2_UCSF.py --sessionname=cl -n dd12 --override_db --bad_cols=1,2 --bad_rows=3 "
-           f"--flipgain --rotgain=1 --gainfile={raw / 'none.mrc'} --clip=5 --framepath=/tmp --refimgid=1 --forceTiff "
+           f"--flipgain --rotgain=1 --gainfile={gain} --clip=5 --framepath={frames} --refimgid=1 --forceTiff "
            "--stackid=3 --defergpu --alignlabel=l --limit=1",
-           warns=("--override_db", "--bad_cols", "--bad_rows", "--flipgain", "--rotgain", "--gainfile", "--clip",
-                  "--framepath", "--refimgid", "--forceTiff", "--stackid", "--defergpu"), done=1)
+           warns=("--clip", "--refimgid", "--forceTiff", "--stackid", "--defergpu"), done=1)
     assert len(db.dd_pairs("dd12")) == 1
+    defect_maps = list((base / "dd12").glob("defects-*.mrc"))  # --bad_cols/--bad_rows reached the engine
+    assert len(defect_maps) == 1
+    with mrcfile.open(defect_maps[0]) as mrc:
+        assert mrc.data[:, 1].all() and mrc.data[:, 2].all() and mrc.data[3, :].all() and mrc.data.sum() == 256 * 3 - 2
+    # a gain reference that does not exist is the run's error for that exposure, naming the file
+    out = subprocess.run(["makeDDAlignMotionCor2_UCSF.py", "--sessionname=cl", "-n", "dd12b", "--limit=1",
+                          f"--gainfile={raw / 'none.mrc'}", *FAST], env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert "none.mrc" in out.stdout + out.stderr
 
     # SEMC Appion's options and the session by id with its other spelling
     replay(env, "makeDDAlignMotionCor2_UCSF.py --expId=1 -n dd13 --jobid=55 --clusterconfig=/etc/dask/cluster.yml "

@@ -8,6 +8,7 @@ appionLoop2's --reprocess and --uncorrected, so this program has neither.
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from appion.loop.dropin.common import CLASSIC_PARAM_NAMES, common_groups
 from appion.loop.dropin.options import Group, NoEffect, NotApplied, OnlyEngines, Opt
@@ -65,25 +66,25 @@ FRAME_STACK = (
     Opt(("--forceTiff",), dict(action="store_true", default=False, help="treat the raw frames as TIFF"),
         NoEffect("appion reads each movie in the format it was written (MRC, TIFF or EER, by its content)")),
     Opt(("--override_db",), dict(action="store_true", default=False,
-                                 help="use --bad_cols/--bad_rows/--flipgain instead of the database's"),
-        NotApplied(_OVERRIDE)),
-    Opt(("--framepath",), dict(metavar="PATH", help="read the movies from this directory"),
-        NotApplied("movies are read from the session's frame path")),
+                                 help="use --bad_cols/--bad_rows/--flipgain instead of the database's")),
+    Opt(("--framepath",), dict(metavar="PATH", help="read the movies from this directory")),
     Opt(("--refimgid",), dict(type=int, metavar="INT", help="gain/dark-correct with the references of this image"),
         NotApplied(_OVERRIDE)),
     Opt(("--trim",), dict(type=int, default=0, metavar="INT", help="trim this many pixels off the edges"),
         NoEffect("the aligned sums keep the full frame")),
     Opt(("--clip",), dict(type=int, metavar="INT", help="clip pixels of the raw frames (padded with the mean)"),
         NotApplied("the motion step corrects defects from the session's corrector plan only")),
-    Opt(("--bad_cols",), dict(default="", metavar="LIST", help="bad columns of the raw frames (with --override_db)"),
-        NotApplied(_OVERRIDE)),
-    Opt(("--bad_rows",), dict(default="", metavar="LIST", help="bad rows of the raw frames (with --override_db)"),
-        NotApplied(_OVERRIDE)),
-    Opt(("--flipgain",), dict(action="store_true", default=False, help="flip the gain reference top to bottom"),
-        NotApplied(_OVERRIDE)),
-    Opt(("--rotgain",), dict(type=int, metavar="N", help="rotate the gain reference by N × 90°"),
-        NotApplied(_OVERRIDE)),
-    Opt(("--gainfile",), dict(metavar="MRC", help="gain reference to use"), NotApplied(_OVERRIDE)),
+    Opt(("--bad_cols",), dict(default="", metavar="LIST",
+                              help="bad columns of the raw frames, e.g. 12,400 (with --override_db: instead of the "
+                                   "corrector plan's)")),
+    Opt(("--bad_rows",), dict(default="", metavar="LIST",
+                              help="bad rows of the raw frames (with --override_db: instead of the corrector plan's)")),
+    Opt(("--flipgain",), dict(action="store_true", default=False,
+                              help="flip the gain reference top to bottom (with --override_db: instead of the "
+                                   "camera's frame flip)")),
+    Opt(("--rotgain",), dict(type=int, metavar="N", help="rotate the gain reference by N × 90° (instead of the "
+                                                          "camera's frame rotation)")),
+    Opt(("--gainfile",), dict(metavar="MRC", help="gain reference to use instead of the session's")),
 )
 
 # apDDAlignStackMaker.AlignStackLoop, apDDMotionCorrMaker.MotionCorrAlignStackLoop
@@ -154,7 +155,21 @@ def calc_motion_settings(args: argparse.Namespace):
         iterations=args.Iter, tolerance_px=args.Tol, group=args.nrw, eer_sampling=args.eer_sampling,
         rendered_frame_size=args.rendered_frame_size, executable=args.engine_exe, frame_ref=args.FmRef,
         mask_center=mask_center if mask_center != (0.0, 0.0) else None,
-        mask_size=mask_size if mask_size != (1.0, 1.0) else None, threads=args.threads_per_task)
+        mask_size=mask_size if mask_size != (1.0, 1.0) else None, threads=args.threads_per_task,
+        gain_path=str(Path(args.gainfile).resolve()) if args.gainfile else None, gain_rotate=args.rotgain,
+        gain_flip=1 if args.flipgain else (0 if args.override_db else None),
+        bad_rows=_defect_list(args.bad_rows) if args.override_db else None,
+        bad_cols=_defect_list(args.bad_cols) if args.override_db else None,
+        frames_dir=str(Path(args.framepath).resolve()) if args.framepath else None)
+
+
+def _defect_list(text: str) -> str:
+    """Classic --bad_rows/--bad_cols ("12,400" or "12 400") as the corrector plan's literal list ("[12, 400]")."""
+    values = [v for v in text.replace(",", " ").split() if v]
+    for v in values:
+        if not v.isdigit():
+            raise SystemExit(f"{PROG}: error: bad row/column {v!r} is not a non-negative whole number")
+    return "[" + ", ".join(values) + "]"
 
 
 def main(argv: list[str] | None = None) -> int:
