@@ -18,10 +18,11 @@ from appion.base.db import models as m
 from appion.base.db.fields import SeqError, parse_seq
 from appion.base.steps import StepError, get_step
 from appion.web import calc
+from appion.web import retrieve_quality as rq
 
 # Steps whose results this page shows in its own columns and plots; every other registered step's
 # columns (appion.base.steps.Column) are added to the table generically.
-DETAILED_STEPS = ("motion", "ctf")
+DETAILED_STEPS = ("motion", "ctf", rq.QUALITY_STEP)
 
 ALIVE_S = 60.0  # a running loop whose heartbeat is older than this is shown as silent (as `appion status`)
 
@@ -45,6 +46,12 @@ class RunRefs:
     dashboard: str | None = None
     preset: str | None = None
     step_runs: tuple[tuple[str, int | None], ...] = ()  # (step, the step's own run id) of the loop run
+    quality_run_id: int | None = None  # ApQualityRunData of the loop run's quality step
+
+    @property
+    def has_quality(self) -> bool:
+        """Whether the run curates (has a quality step): verdicts, thresholds and the accept/reject buttons."""
+        return rq.QUALITY_STEP in self.steps or self.quality_run_id is not None
 
 
 @dataclass(frozen=True)
@@ -72,6 +79,11 @@ class ExposureRow:
     astig_angle_deg: float | None = None
     resolution_A: float | None = None
     score: float | None = None
+    tilt_deg: float | None = None
+    ice_thickness: float | None = None
+    crystalline_ice: bool | None = None
+    verdict: rq.Verdict | None = None  # the quality step's or a person's (None: not judged)
+    quality: dict | None = None  # the exposure's ApQualityData values (exposure page only)
     status: str = calc.NEW
     reason: str | None = None
     extra: list = field(default_factory=list)  # text of the registered steps' columns (StepColumn order)
@@ -98,6 +110,7 @@ class SessionSummary:
     out_per_hour_avg: float | None
     last_arrival: float | None
     last_finish: float | None
+    in_note: str | None = None  # why there is no run average of arrivals (a bulk import)
 
 
 @dataclass(frozen=True)
@@ -216,13 +229,15 @@ def retrieve_run_refs(session_id: int, looprun_id: int | None = None) -> RunRefs
     ace_path = m.ApAceRunData.objects.filter(id=acerun_id).values_list("path_id", flat=True).first() \
         if acerun_id else None
     steps = tuple(s.strip() for s in (loop.steps or "").split(",") if s.strip()) if loop else ()
+    quality_run_id = rq.retrieve_quality_run_id(session_id, found, steps, loop.runname) if loop else None
     return RunRefs(looprun_id=loop.id if loop else None, runname=loop.runname if loop else None, steps=steps,
                    ddstackrun_id=ddstackrun_id, acerun_id=acerun_id, ddstack_dir=_path_of(dd_path),
                    ace_dir=_path_of(ace_path), status=loop.status if loop else None,
                    hostname=loop.hostname if loop else None, started=loop.started if loop else None,
                    heartbeat=loop.heartbeat if loop else None,
                    dashboard=(getattr(loop, "dashboard", None) or calc_dashboard(loop.params)) if loop else None,
-                   preset=calc_preset(loop.params) if loop else None, step_runs=step_runs)
+                   preset=calc_preset(loop.params) if loop else None, step_runs=step_runs,
+                   quality_run_id=quality_run_id)
 
 
 def calc_step_columns(refs: RunRefs) -> list[StepColumn]:
@@ -249,8 +264,16 @@ def _fill_step_columns(by_id: dict[int, ExposureRow], refs: RunRefs) -> None:
                      for sc, v in zip(columns, values)]
 
 
-def retrieve_session_summary(session_id: int, refs: RunRefs, now: float | None = None) -> SessionSummary:
-    """Counts, backlog and rates, all computed by the database (a handful of aggregate queries)."""
+def retrieve_exposure_states(refs: RunRefs) -> dict[int, rq.ExposureState]:
+    """Each exposure's state in the loop run ({} without a loop run): one GROUP BY query."""
+    return rq.retrieve_exposure_states(refs.looprun_id, len(refs.steps)) if refs.looprun_id else {}
+
+
+def retrieve_session_summary(session_id: int, refs: RunRefs, now: float | None = None,
+                             states: dict[int, rq.ExposureState] | None = None) -> SessionSummary:
+    """Counts, backlog and rates, all computed by the database (a handful of aggregate queries).
+
+    states: retrieve_exposure_states(refs), when the caller has it already."""
     now = time.time() if now is None else now
     n_exposures = _exposures(session_id, refs.preset).count()
     if refs.looprun_id is None:
@@ -261,24 +284,37 @@ def retrieve_session_summary(session_id: int, refs: RunRefs, now: float | None =
     first, last = (refs.steps[0], refs.steps[-1]) if refs.steps else (None, None)
     by_step_status = {(s, st): n for s, st, n in rows.values_list("step", "status").annotate(n=Count("id"))
                       .values_list("step", "status", "n")}
-    n_failed = rows.filter(status="failed").values("image_id").distinct().count()
-    n_running = rows.filter(status="running").values("image_id").distinct().count()
+    states = retrieve_exposure_states(refs) if states is None else states
+    n_failed = sum(1 for s in states.values() if s.outcome == "failed")  # a step skipped as rejected is no failure
+    n_finished = sum(1 for s in states.values() if s.outcome is not None)
+    n_running = sum(1 for s in states.values() if s.running)
     n_done = by_step_status.get((last, "done"), 0) if last else 0
     n_seen = sum(n for (s, _), n in by_step_status.items() if s == first)
     arrived = rows.filter(step=first).aggregate(lo=Min("arrived"), hi=Max("arrived"),
                                                 recent=Count("id", filter=Q(arrived__gte=now - 3600)))
     finished = rows.filter(step=last, status="done").aggregate(
         lo=Min("finished"), hi=Max("finished"), recent=Count("id", filter=Q(finished__gte=now - 3600)))
-    in_avg = calc.calc_span_rate_per_hour(n_seen, arrived["lo"], arrived["hi"])
-    out_avg = calc.calc_span_rate_per_hour(n_done, finished["lo"], finished["hi"])
-    backlog = max(0, n_exposures - n_done - n_failed)
+    # Run averages over wall time up to now while the loop lives, else to its last sign of life: out since the
+    # run started, in since the run started or the first arrival if earlier.  (A span between the first and
+    # last event means nothing after a bulk import, whose arrivals all fall within seconds: that is said.)
+    alive = calc_loop_state(refs.status, refs.heartbeat, now) == "running"
+    out_start = refs.started if refs.started is not None else arrived["lo"]
+    in_start = min((t for t in (refs.started, arrived["lo"]) if t is not None), default=None)
+    end = now if alive else max((t for t in (refs.heartbeat, finished["hi"], arrived["hi"]) if t is not None),
+                                default=None)
+    in_note = None
+    if calc.calc_is_bulk_import(n_seen, arrived["lo"], arrived["hi"]):
+        in_note = f"bulk import: {n_seen} in {calc.fmt_duration(arrived['hi'] - arrived['lo'])}"
+    backlog = max(0, n_exposures - n_finished)
     n_new = max(0, n_exposures - n_seen)
     return SessionSummary(
         n_exposures=n_exposures, n_done=n_done, n_failed=n_failed, n_running=n_running,
         n_waiting=max(0, backlog - n_running - n_new), n_new=n_new, backlog=backlog,
         in_per_hour=calc.calc_rate_per_hour(arrived["recent"], 3600.0),
         out_per_hour=calc.calc_rate_per_hour(finished["recent"], 3600.0),
-        in_per_hour_avg=in_avg, out_per_hour_avg=out_avg, last_arrival=arrived["hi"], last_finish=finished["hi"])
+        in_per_hour_avg=None if in_note else calc.calc_wall_rate_per_hour(n_seen, in_start, end),
+        out_per_hour_avg=calc.calc_wall_rate_per_hour(n_done, out_start, end),
+        last_arrival=arrived["hi"], last_finish=finished["hi"], in_note=in_note)
 
 
 def _count_classic_done(session_id: int, refs: RunRefs) -> int:
@@ -290,8 +326,21 @@ def _count_classic_done(session_id: int, refs: RunRefs) -> int:
 
 
 # ---------------------------------------------------------------- exposure rows
-def retrieve_exposure_page(session_id: int, refs: RunRefs, page: int, per_page: int) -> tuple[list[ExposureRow], int]:
-    """One page of the session table, newest first, with every column filled in a few queries."""
+def retrieve_exposure_ids(session_id: int, refs: RunRefs) -> list[int]:
+    """Every exposure of the session (the run's preset), newest first."""
+    return list(_exposures(session_id, refs.preset).order_by("-id").values_list("id", flat=True))
+
+
+def retrieve_exposure_page(session_id: int, refs: RunRefs, page: int, per_page: int,
+                           only: list[int] | None = None) -> tuple[list[ExposureRow], int]:
+    """One page of the session table, newest first, with every column filled in a few queries.
+
+    only: the exposures a filter keeps, newest first (None: all of the session's)."""
+    if only is not None:
+        ids = only[(page - 1) * per_page: page * per_page]
+        names = dict(m.AcquisitionImageData.objects.filter(id__in=ids).values_list("id", "filename")) if ids else {}
+        head = [(i, names.get(i)) for i in ids]
+        return retrieve_exposure_rows(session_id, head, refs), len(only)
     qs = _exposures(session_id, refs.preset)
     total = qs.count()
     head = list(qs.order_by("-id").values_list("id", "filename")[(page - 1) * per_page: page * per_page])
@@ -319,6 +368,8 @@ def retrieve_exposure_rows(session_id: int, head: list[tuple[int, str]], refs: R
         _fill_ctf(session_id, by_id, to_source, refs)
     if refs.step_runs:
         _fill_step_columns(by_id, refs)
+    if refs.has_quality:
+        rq.fill_quality(by_id, refs.quality_run_id, with_details)
     if refs.looprun_id:
         _fill_loop(by_id, refs, with_details)
     else:
@@ -392,12 +443,14 @@ def _ctf_values(acerun_id: int, image_ids: list[int]) -> dict[int, tuple]:
 
 
 def _apply_ctf(row: ExposureRow, values: tuple) -> None:
+    """CTFFIND's convention on every page (docs/conventions.md): defocus 1 ≥ defocus 2, the angle of defocus 1."""
     ctf_id, d1, d2, angle, res, cc = values
     row.ctf_id = ctf_id
-    row.defocus1_um = d1 * 1e6 if d1 is not None else None
-    row.defocus2_um = d2 * 1e6 if d2 is not None else None
+    df1_A, df2_A, df1_angle = calc.calc_ctffind_defocus(d1, d2, angle)
+    row.defocus1_um = df1_A * 1e-4 if df1_A is not None else None
+    row.defocus2_um = df2_A * 1e-4 if df2_A is not None else None
     row.astig_A = calc.calc_astigmatism_A(d1, d2)
-    row.astig_angle_deg = angle
+    row.astig_angle_deg = df1_angle
     row.resolution_A = calc.calc_resolution_A(res)
     row.score = cc
 
@@ -420,64 +473,6 @@ def _fill_loop(by_id: dict[int, ExposureRow], refs: RunRefs, with_details: bool)
             row.steps = per_step
 
 
-# ---------------------------------------------------------------- time series
-@dataclass(frozen=True)
-class Series:
-    """Whole-session time series for the plots (x: exposure id order)."""
-
-    ids: list[int]
-    defocus_um: list[float | None]
-    resolution_A: list[float | None]
-    drift_A: list[float | None]
-
-
-def retrieve_series(session_id: int, refs: RunRefs) -> Series:
-    """Per-exposure defocus, resolution and drift for the whole session, from whole-run queries."""
-    ids = list(_exposures(session_id, refs.preset).order_by("id").values_list("id", flat=True))
-    position = {i: k for k, i in enumerate(ids)}
-    defocus: list[float | None] = [None] * len(ids)
-    resolution: list[float | None] = [None] * len(ids)
-    drift: list[float | None] = [None] * len(ids)
-    to_source: dict[int, int] = {i: i for i in ids}
-    if refs.ddstackrun_id:
-        for source, result in (m.ApDDAlignImagePairData.objects.filter(ddstackrun_id=refs.ddstackrun_id)
-                               .values_list("source_id", "result_id")):
-            if result is not None and source in position:
-                to_source[result] = source
-        apix = {to_source.get(i): a for i, a in m.ApDDAlignStatsData.objects.filter(
-            ddstackrun_id=refs.ddstackrun_id).values_list("image_id", "apix") if a}
-        for image_id, px, py, lx, ly, n in (m.ApDDFrameTrajectoryData.objects.filter(ddstackrun_id=refs.ddstackrun_id)
-                                             .values_list("image_id", "pos_x", "pos_y", "last_x", "last_y",
-                                                          "number_of_positions")):
-            source = to_source.get(image_id)
-            if source not in position:
-                continue
-            length = calc.calc_path_length_px(parse_positions(px), parse_positions(py), lx, ly, n)
-            a = apix.get(source)
-            drift[position[source]] = round(length * a, 3) if length is not None and a else length
-    if refs.acerun_id:
-        ctf = list(m.ApCtfData.objects.filter(acerun_id=refs.acerun_id).order_by("id")
-                   .values_list("image_id", "defocus1", "defocus2", "ctffind4_resolution"))
-        unknown = {i for i, *_ in ctf if i not in to_source}
-        if unknown:  # dose-weighted sums: `<aligned filename>-DW`
-            names = dict(m.AcquisitionImageData.objects.filter(session_id=session_id)
-                         .values_list("id", "filename"))
-            result_by_name = {names.get(r): s for r, s in to_source.items() if r != s and names.get(r)}
-            for i in unknown:
-                name = names.get(i) or ""
-                if name.endswith("-DW") and name[:-3] in result_by_name:
-                    to_source[i] = result_by_name[name[:-3]]
-        for image_id, d1, d2, res in ctf:
-            source = to_source.get(image_id)
-            if source not in position:
-                continue
-            k = position[source]
-            defocus[k] = round((d1 + d2) * 0.5e6, 4) if d1 is not None and d2 is not None else None
-            r = calc.calc_resolution_A(res)
-            resolution[k] = round(r, 2) if r is not None else None
-    return Series(ids=ids, defocus_um=defocus, resolution_A=resolution, drift_A=drift)
-
-
 # ---------------------------------------------------------------- one exposure
 @dataclass
 class ExposureDetail:
@@ -489,6 +484,7 @@ class ExposureDetail:
     ctf_graphs: list[Path | None]  # graph1..graph4 resolved against the CTF run directory
     drift_plot: Path | None
     aligned_mrc: Path | None
+    refs: RunRefs | None = None
 
 
 def retrieve_exposure(image_id: int, looprun_id: int | None = None) -> ExposureDetail | None:
@@ -511,7 +507,7 @@ def retrieve_exposure(image_id: int, looprun_id: int | None = None) -> ExposureD
     return ExposureDetail(row=row, session_id=image[2], session_name=session.name if session else "",
                           result_filename=result[0] if result else None, ctf_values=ctf_values, ctf_graphs=graphs,
                           drift_plot=find_drift_plot(refs.ddstack_dir, image[1], result[0] if result else None),
-                          aligned_mrc=aligned)
+                          aligned_mrc=aligned, refs=refs)
 
 
 def retrieve_aligned_mrc(image_id: int, looprun_id: int | None = None) -> tuple[int, Path] | None:

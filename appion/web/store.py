@@ -1,6 +1,13 @@
-"""The web viewer's only writes: thumbnail PNGs in a disk cache (never the database)."""
+"""The web viewer's writes: thumbnail PNGs in a disk cache, and a person's accept/reject of an exposure (the one
+database write, `store_verdict`).
+
+`appion serve` refuses every statement that is not a read on every request (appion.web.server.refuse_writes);
+`store_verdict` lifts that refusal for its own statements only, on this request's thread, after the view has
+checked who asks (appion.web.views.verdict_view).
+"""
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from pathlib import Path
 
@@ -60,3 +67,31 @@ def save_thumbnail(cache_dir: Path, image_id: int, mrc_path: Path, size_px: int)
     except FileNotFoundError:
         pass
     return write_png_gray(target, calc_thumbnail(read_image_2d(mrc_path), size_px))
+
+
+@contextlib.contextmanager
+def writes_allowed():
+    """The read-only guard lifted on this thread's database connections for the duration (restored after)."""
+    from django.db import connections
+
+    from appion.web.server import refuse_writes
+
+    saved = []
+    for alias in connections:
+        conn = connections[alias]
+        saved.append((conn, list(conn.execute_wrappers)))
+        conn.execute_wrappers[:] = [w for w in conn.execute_wrappers if w is not refuse_writes]
+    try:
+        yield
+    finally:
+        for conn, wrappers in saved:
+            conn.execute_wrappers[:] = wrappers
+
+
+def store_verdict(image_id: int, accepted: bool, reason: str | None, user: str) -> int:
+    """A person's verdict on an exposure: appion.quality.steprows.store_manual_verdict (ApQualityVerdictData,
+    and Leginon's ViewerImageStatus hidden when rejected, shown again when accepted).  Returns the row id."""
+    from appion.quality.steprows import store_manual_verdict
+
+    with writes_allowed():
+        return store_manual_verdict(image_id, accepted, reason, user=user)

@@ -6,6 +6,7 @@ dose-weighted sum, pair rows, and one ApLoopExposureData per exposure and step.
 """
 from __future__ import annotations
 
+import json
 import math
 import time
 from dataclasses import dataclass, field
@@ -89,9 +90,10 @@ def insert_session(name: str, n: int, image_dir: Path, run_dir: Path, n_failed: 
                                 ctffind4_resolution=res, cross_correlation=0.1 + (k % 5) * 0.01, cs=2.7,
                                 amplitude_contrast=0.07, graph1=f"{name}_{k:05d}en-a-DW.png"))
         path = sum(math.hypot(xs[i + 1] - xs[i], ys[i + 1] - ys[i]) for i in range(len(xs) - 1))
-        synthetic.truth[sid] = {"drift": f"{path * apix:.1f}", "defocus1": f"{d1 * 1e6:.3f}",
-                                "astig": f"{(d2 - d1) * 1e10:.0f} Å @ {30.0 + k % 40:.0f}°",
-                                "defocus2": f"{d2 * 1e6:.3f}", "resolution": f"{res:.1f}",
+        # shown in CTFFIND's convention: defocus 1 the larger (classic stores it as defocus2), its angle 90° off
+        synthetic.truth[sid] = {"drift": f"{path * apix:.1f}", "defocus1": f"{d2 * 1e6:.3f}",
+                                "astig": f"{(d2 - d1) * 1e10:.0f} Å @ {30.0 + k % 40 - 90.0:.0f}°",
+                                "defocus2": f"{d1 * 1e6:.3f}", "resolution": f"{res:.1f}",
                                 "score": f"{0.1 + (k % 5) * 0.01:.3f}", "status": "done",
                                 "drift_A": path * apix, "resolution_A": res, "defocus_mean_um": (d1 + d2) * 0.5e6}
     t0 = now - 5 * n
@@ -154,8 +156,76 @@ def complete_exposure(s: Synthetic, image_id: int, k: int, now: float | None = N
     m.ApLoopExposureData.objects.filter(looprun_id=s.looprun_id, image_id=image_id).update(
         status="done", submitted=now - 5, finished=now)
     path = sum(math.hypot(xs[i + 1] - xs[i], ys[i + 1] - ys[i]) for i in range(len(xs) - 1))
-    truth = {"drift": f"{path * s.apix:.1f}", "defocus1": "2.345", "defocus2": "2.456", "astig": "1110 Å @ -12°",
+    truth = {"drift": f"{path * s.apix:.1f}", "defocus1": "2.456", "defocus2": "2.345", "astig": "1110 Å @ 78°",
              "resolution": "4.3",
              "score": "0.235", "status": "done"}
     s.truth[image_id] = truth
     return truth
+
+
+THRESHOLDS = {"max_ctf_resolution_A": 5.0, "max_total_drift_A": None, "max_astigmatism_A": None,
+              "max_ice_thickness": 1.08, "max_tilt_deg": 15.0, "reject_crystalline_ice": False}
+
+
+def calc_quality_metrics(k: int, truth: dict) -> dict:
+    """Deterministic quality metrics of processed exposure k (drift, resolution and defocus as its other rows)."""
+    return {"total_drift_A": truth["drift_A"], "early_drift_A": truth["drift_A"] * 0.4,
+            "late_drift_A": truth["drift_A"] * 0.6, "ctf_resolution_A": truth["resolution_A"],
+            "astigmatism_A": 500.0, "defocus_A": truth["defocus_mean_um"] * 1e4, "tilt_deg": (k % 7) * 3.0,
+            "tilt_axis_deg": 10.0 * (k % 4), "ice_thickness": round(1.02 + 0.01 * (k % 9), 4),
+            "crystalline_ice": False}
+
+
+def calc_rejection(metrics: dict, thresholds: dict) -> str | None:
+    """The quality step's own verdict on these metrics under these limits."""
+    from appion.quality.calc.internal.verdict import calc_rejection as judge
+    from appion.quality.records import Metrics, Thresholds
+
+    return judge(Metrics(**metrics), Thresholds(**thresholds))
+
+
+def add_quality(s: Synthetic, thresholds_of=lambda k: THRESHOLDS, later_step: bool = False) -> int:
+    """Turn the session's loop run into a motion,ctf,quality run as the loop stores one: step run rows, a quality
+    run, one ApQualityData per processed exposure judged under thresholds_of(k) (rejected ones also hidden in
+    ViewerImageStatus, as the quality step does) and a loop row per exposure for the quality step.  With
+    later_step, a fourth step 'export' follows, recorded as not run for the rejected exposures (as the loop does).
+    Sets truth[...]["verdict"] / ["verdict_reason"]; returns the quality run id."""
+    steps = ("motion", "ctf", "quality") + (("export",) if later_step else ())
+    looprun = m.ApLoopRunData.objects.get(id=s.looprun_id)
+    looprun.steps = ",".join(steps)
+    looprun.save(update_fields=["steps"])
+    qrun = m.ApQualityRunData.objects.create(runname="run1", session_id=s.session_id, params="{}")
+    for step, run_id in (("motion", s.ddstackrun_id), ("ctf", s.acerun_id), ("quality", qrun.id)):
+        m.ApLoopStepRunData.objects.create(looprun_id=s.looprun_id, session_id=s.session_id, step=step, run_id=run_id,
+                                           memo_key=f"{step}-key", reused=False)
+    loops = {(i, st): r for i, st, r in m.ApLoopExposureData.objects.filter(looprun_id=s.looprun_id)
+             .values_list("image_id", "step", "arrived")}
+    rows, status, hidden = [], [], []
+    for k, sid in enumerate(s.source_ids):
+        truth = s.truth[sid]
+        arrived = loops.get((sid, "motion"))
+        if truth["status"] != "done":
+            for step in steps[2:]:
+                status.append(m.ApLoopExposureData(looprun_id=s.looprun_id, image_id=sid, step=step, status="queued",
+                                                   attempts=0, arrived=arrived))
+            continue
+        metrics = calc_quality_metrics(k, truth)
+        thresholds = thresholds_of(k)
+        reason = calc_rejection(metrics, thresholds)
+        rows.append(m.ApQualityData(qualityrun_id=qrun.id, image_id=sid, rejected=reason is not None, reason=reason,
+                                    thresholds=json.dumps(thresholds, sort_keys=True), **metrics))
+        status.append(m.ApLoopExposureData(looprun_id=s.looprun_id, image_id=sid, step="quality", status="done",
+                                           attempts=0, arrived=arrived, submitted=arrived + 6, finished=arrived + 8))
+        if later_step:
+            status.append(m.ApLoopExposureData(
+                looprun_id=s.looprun_id, image_id=sid, step="export", attempts=0, arrived=arrived,
+                status="failed" if reason else "done", finished=arrived + 9,
+                last_error=f"not run: rejected by quality: {reason}" if reason else None))
+        if reason:
+            hidden.append(m.ViewerImageStatus(session_id=s.session_id, image_id=sid, status="hidden"))
+        truth.update(verdict="rejected" if reason else "accepted", verdict_reason=reason, metrics=metrics,
+                     thresholds=thresholds)
+    m.ApQualityData.objects.bulk_create(rows)
+    m.ApLoopExposureData.objects.bulk_create(status)
+    m.ViewerImageStatus.objects.bulk_create(hidden)
+    return qrun.id

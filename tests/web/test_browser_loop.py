@@ -71,6 +71,11 @@ def read_expected(db_path: Path) -> tuple[int | None, dict[str, dict]]:
                 xs, ys, apix = json.loads(traj[0][0]), json.loads(traj[0][1]), traj[0][2]
                 length = sum(math.hypot(xs[i + 1] - xs[i], ys[i + 1] - ys[i]) for i in range(len(xs) - 1))
                 d1, d2, res, cc, angle = ctf[0]
+                # shown in CTFFIND's convention (the CTF plot's): the larger defocus first, with its own axis,
+                # which is 90° from the angle classic stores for the smaller one (docs/conventions.md)
+                if abs(d1) <= abs(d2):
+                    d1, d2, angle = d2, d1, angle - 90.0
+                angle = angle - 180.0 if angle > 90.0 else angle + 180.0 if angle <= -90.0 else angle
                 row.update(drift=f"{length * apix:.1f}", defocus1=f"{d1 * 1e6:.3f}", defocus2=f"{d2 * 1e6:.3f}",
                            astig=f"{abs(d2 - d1) * 1e10:.0f} Å @ {angle:.0f}°",
                            resolution=f"{res:.1f}" if res < 99999 else "–", score=f"{cc:.3f}")

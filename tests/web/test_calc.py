@@ -93,3 +93,80 @@ def test_allowed_hosts_and_loop_state_and_dashboard():
     assert calc_dashboard('{"dashboard": "http://127.0.0.1:8787/status"}') == "http://127.0.0.1:8787/status"
     assert calc_dashboard('{"steps": ["motion"]}') is None
     assert calc_dashboard("not json") is None
+
+
+def test_a_step_skipped_because_the_exposure_was_rejected_is_not_a_failure():
+    skipped = st("export", "failed", "not run: rejected by quality: tilt 18.0° > 15°")
+    done = [st("motion", "done"), st("ctf", "done"), st("quality", "done")]
+    steps = ["motion", "ctf", "quality", "export"]
+    assert calc.calc_exposure_status(done + [skipped], steps) == ("done", None)
+    assert calc.calc_exposure_status(done + [st("export", "failed", "OSError: disk full")], steps) == (
+        "failed", "export: OSError: disk full")
+
+
+def test_bulk_imports_and_wall_time_rates():
+    # 1000 movies registered within 2 s: no microscope does that
+    assert calc.calc_is_bulk_import(1000, 100.0, 102.0)
+    assert calc.calc_is_bulk_import(5, 100.0, 100.0)
+    # a movie every 5 s (720/h) is a fast microscope, not an import; one movie is neither
+    assert not calc.calc_is_bulk_import(100, 0.0, 99 * 5.0)
+    assert not calc.calc_is_bulk_import(1, 100.0, 100.0)
+    assert calc.calc_wall_rate_per_hour(50, 0.0, 1800.0) == pytest.approx(100.0)
+    assert calc.calc_wall_rate_per_hour(50, 0.0, 30.0) is None  # under a minute of wall time
+    assert calc.calc_wall_rate_per_hour(50, None, 30.0) is None
+    assert calc.fmt_duration(2.0) == "2 s" and calc.fmt_duration(600) == "10 min" and calc.fmt_duration(9000) == "2.5 h"
+
+
+@pytest.mark.parametrize("stored, shown", [
+    ((1.0e-6, 1.05e-6, 30.0), (10500.0, 10000.0, -60.0)),   # classic order: the larger is defocus2
+    ((1.0e-6, 1.05e-6, -45.0), (10500.0, 10000.0, 45.0)),
+    ((1.0e-6, 1.05e-6, 90.0), (10500.0, 10000.0, 0.0)),
+    ((1.0e-6, 1.05e-6, -89.0), (10500.0, 10000.0, 1.0)),
+    ((1.05e-6, 1.0e-6, 20.0), (10500.0, 10000.0, 20.0)),   # a row already in CTFFIND's order is kept
+])
+def test_ctffind_convention_from_classic_rows(stored, shown):
+    df1, df2, angle = calc.calc_ctffind_defocus(*stored)
+    assert (df1, df2, angle) == pytest.approx(shown)
+    assert calc.calc_ctffind_defocus(None, 1e-6, 3.0) == (None, None, None)
+    assert calc.calc_wrapped_angle_deg(270.0) == pytest.approx(90.0)
+    assert calc.calc_wrapped_angle_deg(-90.0) == pytest.approx(90.0)
+
+
+def test_thresholds_text_and_limits():
+    thresholds = {"max_ctf_resolution_A": 6.0, "max_total_drift_A": None, "max_astigmatism_A": 1500.0,
+                  "max_ice_thickness": 1.2, "max_tilt_deg": 20.0, "reject_crystalline_ice": True}
+    assert calc.fmt_thresholds(thresholds) == ("CTF fit resolution ≤ 6 Å, astigmatism ≤ 1500 Å, relative ice "
+                                               "thickness ≤ 1.2, tilt ≤ 20°, no crystalline ice")
+    assert calc.fmt_thresholds({"max_tilt_deg": None}) == "no limits"
+    assert calc.fmt_thresholds(None) == "–"
+    assert calc.calc_limit(thresholds, "max_tilt_deg") == 20.0
+    assert calc.calc_limit(thresholds, "max_total_drift_A") is None
+    assert calc.calc_limit({"max_tilt_deg": True}, "max_tilt_deg") is None
+    assert calc.calc_limit(thresholds, None) is None
+
+
+def test_form_token_and_same_origin():
+    secret = b"s" * 32
+    token = calc.calc_form_token(secret, "verdict:7")
+    assert calc.calc_form_token_ok(secret, "verdict:7", token)
+    assert not calc.calc_form_token_ok(secret, "verdict:8", token)
+    assert not calc.calc_form_token_ok(b"t" * 32, "verdict:7", token)
+    assert not calc.calc_form_token_ok(secret, "verdict:7", "")
+    assert not calc.calc_form_token_ok(secret, "verdict:7", None)
+    host = "viewer.lab:8000"
+    assert calc.calc_is_same_origin(host, "http://viewer.lab:8000", None, "same-origin")
+    assert calc.calc_is_same_origin(host, None, "http://viewer.lab:8000/exposure/7/", None)
+    assert calc.calc_is_same_origin(host, None, None, None)  # not a browser: the token decides
+    assert not calc.calc_is_same_origin(host, "http://evil.example", None, None)
+    assert not calc.calc_is_same_origin(host, "null", None, None)
+    assert not calc.calc_is_same_origin(host, "http://viewer.lab:8000", None, "cross-site")
+    assert not calc.calc_is_same_origin(host, None, "http://evil.example/page", None)
+    assert not calc.calc_is_same_origin(None, None, None, None)
+
+
+def test_backlog_series():
+    # arrived, finished, done: one waiting since before the start, one failed, one not finished
+    exposures = [(90.0, 160.0, True), (110.0, 170.0, False), (130.0, None, False), (None, None, False)]
+    backlog, lag = calc.calc_backlog_series(exposures, 100.0, 220.0)
+    assert backlog == [[0.0, 1], [round(10 / 60, 4), 2], [0.5, 3], [1.0, 2], [round(70 / 60, 4), 1], [2.0, 1]]
+    assert lag == [[1.0, 70.0]]  # the failed one has no lag

@@ -1,7 +1,8 @@
 """What the viewer answers to requests it must not serve, on a real `appion serve` with raw HTTP requests.
 
 A Host that is not a name of this server (DNS rebinding) gets 400; anything but GET/HEAD gets 405 with
-`Allow: GET, HEAD`; every response carries the safety headers.  The host policy itself (wildcard binds,
+`Allow: GET, HEAD` (the one write, an exposure's verdict, answers POST only); every response carries the safety
+headers.  The host policy itself (wildcard binds,
 explicit names, `[web] allowed_hosts`) is checked directly.
 """
 from __future__ import annotations
@@ -91,6 +92,14 @@ def test_only_get_and_head_are_answered(db, serve, tmp_path):
     host = f"127.0.0.1:{urlsplit(server.url).port}"
     paths = ("/", f"/session/{s.session_id}/", f"/session/{s.session_id}/rows.json",
              f"/session/{s.session_id}/series.json", f"/exposure/{s.source_ids[0]}/", "/static/app.js")
+    verdict = f"/exposure/{s.source_ids[0]}/verdict/"  # the one write: POST only, never by GET
+    for method in ("GET", "HEAD", "PUT", "DELETE", "PATCH"):
+        status, headers, _ = send(server, method, verdict, host)
+        assert status == 405 and headers.get("Allow") == "POST", (method, status)
+        assert_safety_headers(headers, f"{method} {verdict}")
+    status, headers, body = send(server, "POST", verdict, host)  # without the page's form token
+    assert status == 403 and b"form token" in body
+    assert_safety_headers(headers, f"POST {verdict}")
     for path in paths:
         assert send(server, "GET", path, host)[0] == 200, path
         for method in WRITE_METHODS:
@@ -101,16 +110,31 @@ def test_only_get_and_head_are_answered(db, serve, tmp_path):
             assert_safety_headers(headers, f"{method} {path}")
 
 
+# The one view that writes: a person's accept/reject of an exposure (POST only; who may is checked in
+# tests/web/test_quality_page.py and test_quality_served.py).
+WRITE_VIEWS = {"verdict"}
+
+
 def test_every_view_refuses_writes(db):
-    """Each URL of the viewer (also one added later) answers only GET and HEAD."""
+    """Each URL of the viewer (also one added later) answers only GET and HEAD, except the verdict, which
+    answers only POST and refuses a request that does not say where it comes from."""
     from django.test import RequestFactory
 
     from appion.web import urls
 
     factory = RequestFactory()
+    assert WRITE_VIEWS <= {p.name for p in urls.urlpatterns}
     for pattern in urls.urlpatterns:
         kwargs = {name: 1 if type(conv).__name__ == "IntConverter" else "x"
                   for name, conv in pattern.pattern.converters.items()}
+        if pattern.name in WRITE_VIEWS:
+            for method in ("GET", "HEAD", "PUT", "DELETE", "PATCH"):
+                response = pattern.callback(factory.generic(method, "/"), **kwargs)
+                assert response.status_code == 405 and response["Allow"] == "POST", (pattern.name, method)
+            # no appion.access in the environ (not through appion.web.security's guard): never written
+            response = pattern.callback(factory.post("/", {"verdict": "reject", "reason": "x"}), **kwargs)
+            assert response.status_code == 403, pattern.name
+            continue
         for method in WRITE_METHODS:
             try:
                 response = pattern.callback(factory.generic(method, "/"), **kwargs)

@@ -67,7 +67,7 @@ def test_pages_are_newest_first_and_bounded(client, tmp_path):
     assert third["n_pages"] == 3 and beyond["page"] == 3
     html_page = client.get(f"/session/{s.session_id}/?page=2").content.decode()
     assert html_page.count('<tr id="row-') == 100
-    assert "page 2 of" in html_page
+    assert 'page <span id="page-no">2</span> of <span id="n-pages">3</span>' in html_page
 
 
 def test_query_count_does_not_grow_with_the_session(client, tmp_path):
