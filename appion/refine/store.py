@@ -157,6 +157,17 @@ def store_transitions(lifecycle, steps: list[Transition], *, now: float | None =
     files = JobFiles(lifecycle.rundir, lifecycle.runname)
     for step in steps:
         append_job_log(files, f"{step.from_state.value} -> {step.to_state.value}" + (f": {step.reason}" if step.reason else ""))
+    if final in (JobState.COMPLETED, JobState.FAILED) and start is not final:
+        notify_job_end(lifecycle, final, steps[-1].reason or "")
+
+
+def notify_job_end(lifecycle, state: JobState, reason: str) -> None:
+    """The job's user (and for FAILED the admins) hear of its end through [notify] (once: the transition is
+    stored once, see store_transitions).  Never raises: a broken notification must not stop the tracker."""
+    from appion.notify.monitor import notify_job_state
+
+    user = m.ApAppionJobData.objects.filter(id=lifecycle.job_id).values_list("user", flat=True).first()
+    notify_job_state(lifecycle, state, user, reason=reason)
 
 
 # ---------------------------------------------------------------- archive and expiry

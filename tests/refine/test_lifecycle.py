@@ -181,3 +181,23 @@ def test_job_file_honours_the_umask(tmp_path, umask):
     finally:
         os.umask(old)
     assert stat.S_IMODE(os.stat(files.job_file).st_mode) == 0o777 & ~umask
+
+
+def test_job_end_is_notified_once(job, monkeypatch):
+    """COMPLETED and FAILED reach appion.notify (its user from ApAppionJobData); other states and a stale second
+    tracker do not."""
+    import appion.notify.monitor as monitor
+
+    m, row, lifecycle, files, _ = job
+    m.ApAppionJobData.objects.filter(id=row.id).update(user="alice")
+    calls = []
+    monkeypatch.setattr(monitor, "notify_job_state",
+                        lambda job, state, user, reason="": calls.append((job.id, state, user, reason)))
+    stale = retrieve.retrieve_lifecycle(row.id)
+    store.store_transitions(lifecycle, js.calc_path(S.INCOMING, S.RUNNING), now=1001.0)
+    assert calls == []
+    store.store_transitions(lifecycle, [js.calc_transition(S.RUNNING, S.FAILED, "exit 2")], now=1002.0)
+    assert calls == [(lifecycle.id, S.FAILED, "alice", "exit 2")]
+    with pytest.raises(store.StaleLifecycleError):
+        store.store_transitions(stale, js.calc_path(S.INCOMING, S.RUNNING), now=1003.0)
+    assert len(calls) == 1
