@@ -6,6 +6,7 @@ movies with known drift and defocus.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import sqlite3
 import statistics
@@ -202,7 +203,9 @@ def test_live_arrival_with_session_watch(home_env, sim_frames, tmp_path):
     try:
         wait_for(lambda: "watching" in (tmp_path / "watch.log").read_text(), 60, "the watcher to start")
         proc = start_loop(env, ["--session", "live", "--idle", "1", *FAST], log)
-        wait_for(lambda: "appion loop:" in log.read_text(), 60, "the loop to start", proc, log)
+        # started (or, on a session without exposures yet, waiting for the first one before registering its run)
+        wait_for(lambda: re.search(r"appion loop:|waiting for the first one", log.read_text()), 60, "the loop to start",
+                 proc, log)
         complete = {}
         n = 6
         for i in range(1, n + 1):
