@@ -13,7 +13,7 @@ import numpy as np
 from appion.base.config import AppionConfig, ConfigError
 from appion.base.db import models as m
 from appion.base.jobstates import JobState
-from appion.refine import hosts
+from appion.refine import hosts, schedulers
 from appion.refine.hosts import JobFiles, ProcessingHost
 
 
@@ -78,7 +78,7 @@ def read_text_or_none(path: str) -> str | None:
 
 def read_exit_code(files: JobFiles) -> int | None:
     text = read_text_or_none(files.exitcode)
-    return None if text is None else hosts.parse_exit_code(text)
+    return None if text is None else schedulers.parse_exit_code(text)
 
 
 def read_phase(files: JobFiles) -> str | None:

@@ -23,7 +23,7 @@ from appion.base.db import models as m
 from appion.base.db.setup import current_config
 from appion.base.io.files import write_text_atomic
 from appion.base.jobstates import JobState
-from appion.refine import hosts, remote, retrieve, store
+from appion.refine import hosts, remote, retrieve, schedulers, store
 from appion.refine.calc import external
 from appion.refine.hosts import JobFiles, JobRequest, ProcessingHost
 
@@ -106,16 +106,16 @@ def submit_job_file(host: ProcessingHost, files: JobFiles) -> int:
     cluster job id."""
     store.clear_cycle_files(files)
     there = _stage_remote(host, files) if _copies(host) else files
-    cmd = hosts.calc_submit_command(host.scheduler, there.job_file)
+    cmd = schedulers.calc_submit_command(host.scheduler, there.job_file)
     stdin_path = files.job_file if cmd.stdin_path else None  # LSF reads the script on stdin: this machine's copy
     result = run_scheduler(cmd.argv, stdin_path, cwd=there.rundir, host=host)
     if result.returncode != 0:
         raise SchedulerError(f"{cmd.argv[0]} refused {there.job_file}: {(result.stderr or result.stdout).strip()}")
-    return hosts.parse_job_id(host.scheduler, result.stdout)
+    return schedulers.parse_job_id(host.scheduler, result.stdout)
 
 
 def cancel_job(host: ProcessingHost, cluster_job_id: int) -> None:
-    result = run_scheduler(hosts.calc_cancel_command(host.scheduler, cluster_job_id), host=host)
+    result = run_scheduler(schedulers.calc_cancel_command(host.scheduler, cluster_job_id), host=host)
     if result.returncode != 0:
         raise SchedulerError(f"cancelling job {cluster_job_id} failed: {(result.stderr or result.stdout).strip()}")
 
@@ -134,7 +134,7 @@ class Observation:
 def observe(host: ProcessingHost, cluster_job_id: int, files: JobFiles) -> Observation | None:
     """None when the scheduler could not be asked (try again next poll)."""
     try:
-        result = run_scheduler(hosts.calc_status_command(host.scheduler, cluster_job_id), host=host)
+        result = run_scheduler(schedulers.calc_status_command(host.scheduler, cluster_job_id), host=host)
     except SchedulerError as exc:
         log.warning("%s", exc)
         return None
@@ -149,7 +149,7 @@ def observe(host: ProcessingHost, cluster_job_id: int, files: JobFiles) -> Obser
         else:
             log.warning("status of job %s: %s", cluster_job_id, result.stderr.strip())
             return None
-    letter = hosts.parse_state(host.scheduler, cluster_job_id, text)
+    letter = schedulers.parse_state(host.scheduler, cluster_job_id, text)
     try:
         phase, exit_code = _read_job_state(host, files)
     except remote.RemoteError as exc:
@@ -157,11 +157,11 @@ def observe(host: ProcessingHost, cluster_job_id: int, files: JobFiles) -> Obser
         return None
     final_word = ""
     if letter is None or letter in ("D", "E"):
-        final_cmd = hosts.calc_final_state_command(host.scheduler, cluster_job_id)
+        final_cmd = schedulers.calc_final_state_command(host.scheduler, cluster_job_id)
         if final_cmd:
             try:
                 final = run_scheduler(final_cmd, host=host)
-                letter_final, final_word = hosts.parse_final_state(host.scheduler, final.stdout)
+                letter_final, final_word = schedulers.parse_final_state(host.scheduler, final.stdout)
                 if letter is None and letter_final is not None and exit_code is None:
                     letter = letter_final
             except SchedulerError as exc:
@@ -184,7 +184,7 @@ def _read_job_state(host: ProcessingHost, files: JobFiles) -> tuple[str | None, 
     there = hosts.calc_remote_files(host, files)
     texts = remote.read_remote_files(host, [there.phase, there.exitcode])
     phase, code = texts[there.phase], texts[there.exitcode]
-    return ((phase.strip() or None) if phase else None), (None if code is None else hosts.parse_exit_code(code))
+    return ((phase.strip() or None) if phase else None), (None if code is None else schedulers.parse_exit_code(code))
 
 
 def calc_scheduled_target(state: JobState, obs: Observation) -> tuple[JobState, str]:

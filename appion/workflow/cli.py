@@ -94,7 +94,7 @@ def _prepare(flow) -> None:
     import importlib
     import shutil
 
-    from appion.refine.hosts import calc_submit_command
+    from appion.refine.schedulers import calc_submit_command
     from appion.workflow import batch
     from appion.workflow.core import WorkflowError, get_jobtype
     from appion.workflow.flowfile import FlowFileError

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from appion.refine import hosts
+from appion.refine import hosts, schedulers
 from appion.refine.hosts import HostLimits, JobFiles, JobRequest, ProcessingHost
 
 REQUEST = JobRequest(name="recon1", nodes=2, ppn=4, walltime_h=24, cputime_h=96, mem_gb=16, queue="batch",
@@ -49,16 +49,16 @@ EXPECTED = {
 }
 
 
-@pytest.mark.parametrize("scheduler", hosts.SCHEDULERS)
+@pytest.mark.parametrize("scheduler", schedulers.SCHEDULERS)
 def test_header_matches_expected_text(scheduler):
     host = ProcessingHost(name="c", scheduler=scheduler)
     req = hosts.calc_checked_request(host, REQUEST)
-    assert "\n".join(hosts.calc_header_lines(host, req)) == EXPECTED[scheduler]
+    assert "\n".join(schedulers.calc_header_lines(host, req)) == EXPECTED[scheduler]
 
 
 def test_memory_per_process_and_fractional_times():
     req = JobRequest(name="j", walltime_h=1.5, cputime_h=0.25, pmem_mb=1500)
-    lines = {s: hosts.calc_header_lines(ProcessingHost("c", s), req) for s in hosts.SCHEDULERS}
+    lines = {s: schedulers.calc_header_lines(ProcessingHost("c", s), req) for s in schedulers.SCHEDULERS}
     assert "#SBATCH --mem-per-cpu=1500M" in lines["slurm"] and "#SBATCH -t 1:30:00" in lines["slurm"]
     assert "#PBS -l pmem=1500mb" in lines["pbs"] and "#PBS -l cput=0:15:00" in lines["pbs"]
     assert "#$ -l h_vmem=1500M" in lines["sge"]
@@ -69,7 +69,7 @@ def test_host_defaults_and_extra_header_lines():
     host = hosts.calc_host("garibaldi", {"scheduler": "torque", "queue": "long", "account": "semc",
                                          "header_lines": ["-m n", "#PBS -W umask=022"], "pre_lines": ["module load x"]})
     req = hosts.calc_checked_request(host, JobRequest(name="j"))
-    lines = hosts.calc_header_lines(host, req)
+    lines = schedulers.calc_header_lines(host, req)
     assert host.scheduler == "pbs"
     assert "#PBS -q long" in lines and "#PBS -A semc" in lines
     assert lines[-2:] == ["#PBS -m n", "#PBS -W umask=022"]
@@ -115,54 +115,54 @@ def test_hosts_from_config_keep_order_and_reject_typos():
 
 
 def test_submit_status_cancel_commands():
-    assert hosts.calc_submit_command("slurm", "/r/a.job").argv == ["sbatch", "/r/a.job"]
-    assert hosts.calc_submit_command("pbs", "/r/a.job").argv == ["qsub", "/r/a.job"]
-    lsf = hosts.calc_submit_command("lsf", "/r/a.job")
+    assert schedulers.calc_submit_command("slurm", "/r/a.job").argv == ["sbatch", "/r/a.job"]
+    assert schedulers.calc_submit_command("pbs", "/r/a.job").argv == ["qsub", "/r/a.job"]
+    lsf = schedulers.calc_submit_command("lsf", "/r/a.job")
     assert lsf.argv == ["bsub"] and lsf.stdin_path == "/r/a.job"
-    assert hosts.calc_status_command("slurm", 7) == ["squeue", "-h", "-j", "7", "-o", "%T"]
-    assert hosts.calc_cancel_command("slurm", 7) == ["scancel", "7"]
-    assert hosts.calc_cancel_command("lsf", 7) == ["bkill", "7"]
-    assert hosts.calc_cancel_command("sge", 7) == ["qdel", "7"]
+    assert schedulers.calc_status_command("slurm", 7) == ["squeue", "-h", "-j", "7", "-o", "%T"]
+    assert schedulers.calc_cancel_command("slurm", 7) == ["scancel", "7"]
+    assert schedulers.calc_cancel_command("lsf", 7) == ["bkill", "7"]
+    assert schedulers.calc_cancel_command("sge", 7) == ["qdel", "7"]
 
 
 def test_parse_job_ids():
-    assert hosts.parse_job_id("slurm", "Submitted batch job 4242\n") == 4242
-    assert hosts.parse_job_id("pbs", "1234.garibaldi.scripps.edu\n") == 1234
-    assert hosts.parse_job_id("sge", 'Your job 99 ("recon1") has been submitted\n') == 99
-    assert hosts.parse_job_id("lsf", "Job <5150> is submitted to queue <normal>.\n") == 5150
+    assert schedulers.parse_job_id("slurm", "Submitted batch job 4242\n") == 4242
+    assert schedulers.parse_job_id("pbs", "1234.garibaldi.scripps.edu\n") == 1234
+    assert schedulers.parse_job_id("sge", 'Your job 99 ("recon1") has been submitted\n') == 99
+    assert schedulers.parse_job_id("lsf", "Job <5150> is submitted to queue <normal>.\n") == 5150
     with pytest.raises(hosts.SchedulerOutputError):
-        hosts.parse_job_id("slurm", "sbatch: error: Batch job submission failed\n")
+        schedulers.parse_job_id("slurm", "sbatch: error: Batch job submission failed\n")
 
 
 def test_parse_states():
-    assert hosts.parse_state("slurm", 1, "PENDING\n") == "Q"
-    assert hosts.parse_state("slurm", 1, "RUNNING\n") == "R"
-    assert hosts.parse_state("slurm", 1, "COMPLETING\n") == "R"
-    assert hosts.parse_state("slurm", 1, "") is None
+    assert schedulers.parse_state("slurm", 1, "PENDING\n") == "Q"
+    assert schedulers.parse_state("slurm", 1, "RUNNING\n") == "R"
+    assert schedulers.parse_state("slurm", 1, "COMPLETING\n") == "R"
+    assert schedulers.parse_state("slurm", 1, "") is None
     pbs = ("Job id                    Name             User            Time Use S Queue\n"
            "------------------------- ---------------- --------------- -------- - -----\n"
            "1234.garibaldi            recon1           appion          00:00:01 R batch\n")
-    assert hosts.parse_state("pbs", 1234, pbs) == "R"
-    assert hosts.parse_state("pbs", 1234, pbs.replace(" R batch", " Q batch")) == "Q"
-    assert hosts.parse_state("pbs", 1234, pbs.replace(" R batch", " C batch")) is None
-    assert hosts.parse_state("pbs", 99, pbs) is None
+    assert schedulers.parse_state("pbs", 1234, pbs) == "R"
+    assert schedulers.parse_state("pbs", 1234, pbs.replace(" R batch", " Q batch")) == "Q"
+    assert schedulers.parse_state("pbs", 1234, pbs.replace(" R batch", " C batch")) is None
+    assert schedulers.parse_state("pbs", 99, pbs) is None
     sge = ("job-ID  prior   name       user         state submit/start at     queue    slots\n"
            "-----------------------------------------------------------------------------\n"
            "     99 0.55500 recon1     appion       qw    11/21/2026 10:00:00           8\n"
            "    100 0.55500 other      appion       r     11/21/2026 10:00:00  all.q    8\n"
            "    101 0.55500 broken     appion       Eqw   11/21/2026 10:00:00           8\n")
-    assert hosts.parse_state("sge", 99, sge) == "Q"
-    assert hosts.parse_state("sge", 100, sge) == "R"
-    assert hosts.parse_state("sge", 101, sge) == "E"
-    assert hosts.parse_state("sge", 102, sge) is None
-    assert hosts.parse_state("lsf", 5, "RUN\n") == "R"
-    assert hosts.parse_state("lsf", 5, "EXIT\n") == "E"
-    assert hosts.parse_state("lsf", 5, "DONE\n") == "D"
-    assert hosts.parse_state("lsf", 5, "Job <5> is not found\n") is None
-    assert hosts.parse_final_state("slurm", "JobId=5 JobName=x\n   JobState=CANCELLED Reason=None") == ("E", "CANCELLED")
-    assert hosts.parse_final_state("slurm", "   JobState=COMPLETED Reason=None") == ("D", "COMPLETED")
-    assert hosts.parse_exit_code("0\n") == 0 and hosts.parse_exit_code("143") == 143
-    assert hosts.parse_exit_code("") is None
+    assert schedulers.parse_state("sge", 99, sge) == "Q"
+    assert schedulers.parse_state("sge", 100, sge) == "R"
+    assert schedulers.parse_state("sge", 101, sge) == "E"
+    assert schedulers.parse_state("sge", 102, sge) is None
+    assert schedulers.parse_state("lsf", 5, "RUN\n") == "R"
+    assert schedulers.parse_state("lsf", 5, "EXIT\n") == "E"
+    assert schedulers.parse_state("lsf", 5, "DONE\n") == "D"
+    assert schedulers.parse_state("lsf", 5, "Job <5> is not found\n") is None
+    assert schedulers.parse_final_state("slurm", "JobId=5 JobName=x\n   JobState=CANCELLED Reason=None") == ("E", "CANCELLED")
+    assert schedulers.parse_final_state("slurm", "   JobState=COMPLETED Reason=None") == ("D", "COMPLETED")
+    assert schedulers.parse_exit_code("0\n") == 0 and schedulers.parse_exit_code("143") == 143
+    assert schedulers.parse_exit_code("") is None
 
 
 def test_rundir_checks():
@@ -218,35 +218,35 @@ def test_site_hosts_file_and_jobs_settings(tmp_path):
 def test_bare_request_writes_only_the_job_lines():
     """Nothing optional set: name and nodes × ppn only (SGE also shell and the host's parallel environment)."""
     req = JobRequest(name="j", nodes=2, ppn=3)
-    got = {s: hosts.calc_header_lines(ProcessingHost("c", s, shell="/bin/sh", sge_pe="mpi"), req)
-           for s in hosts.SCHEDULERS}
+    got = {s: schedulers.calc_header_lines(ProcessingHost("c", s, shell="/bin/sh", sge_pe="mpi"), req)
+           for s in schedulers.SCHEDULERS}
     assert got == {"slurm": ["#SBATCH -J j", "#SBATCH -N 2", "#SBATCH --ntasks-per-node=3"],
                    "pbs": ["#PBS -N j", "#PBS -l nodes=2:ppn=3"],
                    "sge": ["#$ -N j", "#$ -S /bin/sh", "#$ -pe mpi 6"],
                    "lsf": ["#BSUB -J j", "#BSUB -n 6", '#BSUB -R "span[ptile=3]"']}
     # Slurm has no CPU-time limit: a cputime request adds nothing there, a line elsewhere.
     with_cput = JobRequest(name="j", nodes=2, ppn=3, cputime_h=2)
-    assert hosts.calc_header_lines(ProcessingHost("c", "slurm"), with_cput) == got["slurm"]
-    assert hosts.calc_header_lines(ProcessingHost("c", "lsf"), with_cput)[-1] == "#BSUB -c 2:00"
+    assert schedulers.calc_header_lines(ProcessingHost("c", "slurm"), with_cput) == got["slurm"]
+    assert schedulers.calc_header_lines(ProcessingHost("c", "lsf"), with_cput)[-1] == "#BSUB -c 2:00"
 
 
 def test_other_scheduler_commands_and_unknown_scheduler():
-    assert hosts.calc_submit_command("sge", "/r/a.job").argv == ["qsub", "/r/a.job"]
-    assert hosts.calc_submit_command("slurm", "/r/a.job").stdin_path is None
-    assert hosts.calc_status_command("pbs", 7) == ["qstat", "7"]
-    assert hosts.calc_status_command("sge", 7) == ["qstat", "-u", "*"]
-    assert hosts.calc_status_command("lsf", 7) == ["bjobs", "-noheader", "-o", "stat", "7"]
-    assert hosts.calc_cancel_command("pbs", 7) == ["qdel", "7"]
-    assert hosts.calc_final_state_command("slurm", 7) == ["scontrol", "show", "job", "7"]
-    assert hosts.calc_final_state_command("pbs", 7) is None
-    assert hosts.parse_final_state("lsf", "JobState=COMPLETED") == (None, "")
+    assert schedulers.calc_submit_command("sge", "/r/a.job").argv == ["qsub", "/r/a.job"]
+    assert schedulers.calc_submit_command("slurm", "/r/a.job").stdin_path is None
+    assert schedulers.calc_status_command("pbs", 7) == ["qstat", "7"]
+    assert schedulers.calc_status_command("sge", 7) == ["qstat", "-u", "*"]
+    assert schedulers.calc_status_command("lsf", 7) == ["bjobs", "-noheader", "-o", "stat", "7"]
+    assert schedulers.calc_cancel_command("pbs", 7) == ["qdel", "7"]
+    assert schedulers.calc_final_state_command("slurm", 7) == ["scontrol", "show", "job", "7"]
+    assert schedulers.calc_final_state_command("pbs", 7) is None
+    assert schedulers.parse_final_state("lsf", "JobState=COMPLETED") == (None, "")
     with pytest.raises(hosts.SchedulerOutputError, match="unknown state 'WEIRD'"):
-        hosts.parse_state("lsf", 5, "WEIRD\n")
+        schedulers.parse_state("lsf", 5, "WEIRD\n")
     # An unchecked scheduler name is a configuration error (the tracker logs those and carries on).
     host = ProcessingHost("c", "condor")
-    for call in (lambda: hosts.calc_header_lines(host, JobRequest(name="j")),
-                 lambda: hosts.calc_submit_command("condor", "/r/a.job"),
-                 lambda: hosts.calc_status_command("condor", 7), lambda: hosts.calc_cancel_command("condor", 7),
-                 lambda: hosts.parse_job_id("condor", "1\n"), lambda: hosts.parse_state("condor", 1, "")):
+    for call in (lambda: schedulers.calc_header_lines(host, JobRequest(name="j")),
+                 lambda: schedulers.calc_submit_command("condor", "/r/a.job"),
+                 lambda: schedulers.calc_status_command("condor", 7), lambda: schedulers.calc_cancel_command("condor", 7),
+                 lambda: schedulers.parse_job_id("condor", "1\n"), lambda: schedulers.parse_state("condor", 1, "")):
         with pytest.raises(hosts.HostConfigError, match="unknown scheduler 'condor'"):
             call()
