@@ -21,8 +21,8 @@ another machine is served only when it carries the token, as `?token=...` (the s
 set by the first such request (HttpOnly, SameSite=Strict, so the page's own requests need no token); else 403.
 A request is local when it comes from a loopback address without a proxy's forwarding header (Forwarded,
 X-Forwarded-For, X-Real-IP): local users are served as before and see the share link on the session page.
-Without a token nothing changes (a non-loopback bind serves anyone whose Host is allowed).  The viewer stays
-read-only either way.  What the guard decided is in the WSGI environ: `appion.access` is "local", "token" or
+Without a token nothing changes (a non-loopback bind serves anyone whose Host is allowed).  The viewer reads
+only, but for a person's accept/reject of an exposure (local users and share-token holders).  What the guard decided is in the WSGI environ: `appion.access` is "local", "token" or
 "open" (no token configured, a remote client); for local requests with a token configured,
 `appion.share_base` (the viewer's address as other machines reach it) and `appion.share_token` give the share
 link (`calc_share_url`).

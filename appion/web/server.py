@@ -1,8 +1,9 @@
-"""Run the viewer: a threaded WSGI server around Django, read-only by construction.
+"""Run the viewer: a threaded WSGI server around Django, read-only by construction but for one action.
 
 The global settings (appion.base.db.setup) know nothing about URLs; `make_wsgi_app` sets
 ROOT_URLCONF and ALLOWED_HOSTS before the first request, and wraps every request so that
-any statement other than a read is refused: the viewer never writes the database.  Around that,
+any statement other than a read is refused; the one exception is a person's accept/reject of an exposure
+(appion.web.store, from this machine or a share-token holder, with a per-page form token).  Around that,
 appion.web.security answers only the Host names this server serves (400 otherwise: DNS rebinding),
 with `[web] share_token` set only local requests and those carrying the token (403 otherwise: the share
 link), and adds the safety headers to every response; the views answer only GET and HEAD (405 otherwise).
