@@ -204,48 +204,6 @@ def store_program_run(progname: str, runname: str, rundir, job_id: int | None, s
     return run
 
 
-def store_loop_run(runname: str, session_id: int, steps: str, params_hash: str, params_json: str, rundir,
-                   ddstackrun_id: int | None, acerun_id: int | None, pid: int, started: float):
-    """The loop run row (get-or-create by run name + session + parameter hash); marks it running."""
-    import socket
-
-    row = (m.ApLoopRunData.objects.filter(runname=runname, session_id=session_id, params_hash=params_hash)
-           .order_by("-id").first())
-    fields = dict(status="R", hostname=socket.gethostname(), pid=pid, heartbeat=started,
-                  ddstackrun_id=ddstackrun_id, acerun_id=acerun_id)
-    if row is None:
-        return m.ApLoopRunData.objects.create(runname=runname, session_id=session_id, steps=steps,
-                                              params_hash=params_hash, params=params_json, path=store_path(rundir),
-                                              started=started, **fields)
-    m.ApLoopRunData.objects.filter(id=row.id).update(**fields)
-    row.refresh_from_db()
-    return row
-
-
-def store_loop_run_fields(looprun_id: int, **fields) -> None:
-    m.ApLoopRunData.objects.filter(id=looprun_id).update(**fields)
-
-
-def store_loop_exposures(looprun_id: int, items: list[tuple[int, str, float]]) -> dict[tuple[int, str], int]:
-    """Queued rows for new (image id, step, arrived) pairs; returns their ids by (image id, step)."""
-    with transaction.atomic(using=alias_for(m.ApLoopExposureData)):
-        rows = [m.ApLoopExposureData(looprun_id=looprun_id, image_id=i, step=s, status=QUEUED, attempts=0,
-                                     arrived=a) for i, s, a in items]
-        m.ApLoopExposureData.objects.bulk_create(rows)
-        found = (m.ApLoopExposureData.objects.filter(looprun_id=looprun_id, image_id__in=[i for i, _, _ in items])
-                 .values_list("image_id", "step", "id"))
-        return {(i, s): row_id for i, s, row_id in found}
-
-
-def store_loop_exposure_fields(row_id: int, **fields) -> None:
-    m.ApLoopExposureData.objects.filter(id=row_id).update(**fields)
-
-
-def store_loop_exposures_status(row_ids: list[int], status: str, **fields) -> None:
-    if row_ids:
-        m.ApLoopExposureData.objects.filter(id__in=row_ids).update(status=status, **fields)
-
-
 class RunConflict(ValueError):
     """A run name is already used in this session with other parameters."""
 
