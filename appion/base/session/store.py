@@ -9,7 +9,6 @@ from pathlib import Path
 from django.db import transaction
 
 from appion.base.db import models as m
-from appion.base.db.models.loop import QUEUED
 from appion.base.db.router import alias_for
 from appion.base.db.sinedon import insert, serialised_inserts
 from appion.base.io.metadata import ExposureMetadata
