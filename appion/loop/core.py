@@ -295,6 +295,10 @@ class Loop(RunSetup, LoopAlerts):
                     parts.append(f"{n} {getattr(rec, 'seconds', 0.0):.1f} s")
             parts.append(f"latency {latency:.1f} s")
             log.info("%s", " ".join(parts))
+        else:  # one line for every exposure: why this one ended without every step done
+            why = next((self.reasons.get((image_id, n)) for n in self.order
+                        if states[n] != COMPLETED and self.reasons.get((image_id, n))), "not done")
+            log.info("%s: %s", inp.filename, why)
         for n in self.order:  # nothing of a finished exposure stays in memory
             for table in (self.outputs, self.rows, self.attempts, self.reasons):
                 table.pop((image_id, n), None)

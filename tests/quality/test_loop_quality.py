@@ -60,12 +60,12 @@ def test_loop_curation(fresh_home, tmp_path):
                             "--max-astigmatism", "1500", "--max-ice-thickness", "1.2", "--idle", "1",
                             "--poll", "0.3", "--dashboard-address", ":0"], log)
     try:
-        wait_for(lambda: len(_quality(db)) == 6, 400, "quality rows of the first six usable movies", proc, log)
+        wait_for(lambda: len(_quality(db)) == 5, 400, "quality rows of the first five usable movies", proc, log)
         # the limit is tightened while the loop runs; a new good movie arrives after the change
         config.write_text("[curation]\nmax_total_drift = 5\n")
         _write(frames, "qs_00007en", "good", seed=20)
         _import(env, frames)
-        wait_for(lambda: len(_quality(db)) == 7, 300, "the quality row of the late movie", proc, log)
+        wait_for(lambda: len(_quality(db)) == 6, 300, "the quality row of the late movie", proc, log)
         con = sqlite3.connect(home / "appion.sqlite3")
         con.execute('INSERT INTO SessionDoneLog (DEF_timestamp, "REF|SessionData|session", done) '
                     "SELECT CURRENT_TIMESTAMP, DEF_id, 1 FROM SessionData WHERE name = 'qs'")
@@ -87,33 +87,37 @@ def test_loop_curation(fresh_home, tmp_path):
     assert rejected and reason == f"total drift {drift:.1f} Å > 80 Å", q["qs_00005en"]
     rejected, reason, _, _, fit = q["qs_00002en"]  # noise only: no Thon rings (and motion aligns noise)
     assert rejected and f"CTF fit resolution {fit:.1f} Å > 10 Å" in reason, q["qs_00002en"]
-    rejected, reason, *_ = q["qs_00008en"]  # the clipped sum reached CTF; the quality step catches it
-    assert rejected and reason.startswith("image: saturated: "), q["qs_00008en"]
     # changed while running: the late good movie is judged by the new limit
     rejected, reason, thresholds, drift, _ = q["qs_00007en"]
     assert rejected and reason == f"total drift {drift:.1f} Å > 5 Å"
     assert json.loads(thresholds)["max_total_drift_A"] == 5
     assert "curation thresholds changed" in text
 
-    # the blank movie never reaches the quality step: its all-black sum stops motion or CTF, with the reason
-    blank = db.rows("SELECT e.step, e.status, e.last_error FROM ApLoopExposureData e JOIN AcquisitionImageData i "
-                    "ON i.DEF_id = e.\"REF|leginondata|AcquisitionImageData|image\" WHERE i.filename = 'qs_00004en'")
-    states = {step: (status, error) for step, status, error in blank}
-    assert states["quality"][0] == "failed" and "not run" in states["quality"][1], states
-    assert any("blank" in (error or "") for status, error in states.values() if status == "failed"), states
+    # the blank and the clipped sums are caught by the motion step's image check, before CTF runs: rejected
+    # with the reason, CTF and quality not run
+    for name, word in (("qs_00004en", "blank"), ("qs_00008en", "saturated")):
+        assert name not in q, q[name]
+        rows = db.rows("SELECT e.step, e.status, e.last_error FROM ApLoopExposureData e JOIN AcquisitionImageData i "
+                       "ON i.DEF_id = e.\"REF|leginondata|AcquisitionImageData|image\" "
+                       f"WHERE i.filename = '{name}'")
+        states = {step: (status, error) for step, status, error in rows}
+        assert "motion" not in states or states["motion"][0] == "done", states
+        for step in ("ctf", "quality"):
+            assert states[step][0] == "failed" and "rejected by motion" in states[step][1], states
+            assert word in states[step][1], states
 
     # Leginon's ViewerImageStatus: the rejected exposures (and their aligned sums) are hidden, no other
     hidden = {r[0] for r in db.rows("SELECT i.filename FROM ViewerImageStatus v JOIN AcquisitionImageData i ON "
                                     "i.DEF_id = v.\"REF|AcquisitionImageData|image\" WHERE v.status = 'hidden'",
                                     "leginon")}
-    rejected_names = {"qs_00002en", "qs_00005en", "qs_00007en", "qs_00008en"}
-    assert {h.split("-")[0] for h in hidden if h.split("-")[0] != "qs_00004en"} == rejected_names, hidden
+    rejected_names = {"qs_00002en", "qs_00004en", "qs_00005en", "qs_00007en", "qs_00008en"}
+    assert {h.split("-")[0] for h in hidden} == rejected_names, hidden
     assert {f"{n}-a-DW" for n in rejected_names} <= hidden
 
     # appion status: the quality step's rows and columns, with the reasons
     status = subprocess.run(["appion", "status", "qs", "--runname", "q1", "--exposures"], env=env, check=True,
                             capture_output=True, text=True).stdout
-    assert re.search(r"^\s+quality\s+done\s+7\b", status, re.MULTILINE), status
+    assert re.search(r"^\s+quality\s+done\s+6\b.*failed\s+2\b", status, re.MULTILINE), status
     for label in ("total drift Å", "CTF res Å", "tilt °", "rel. ice", "rejected"):
         assert label in status, status
     assert re.search(r"^qs_00005en .*total drift \d+\.\d Å > 80 Å", status, re.MULTILINE), status
