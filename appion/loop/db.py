@@ -9,28 +9,12 @@ import math
 import time
 from pathlib import Path
 
-from django.db import connections
-from django.db.utils import InterfaceError, OperationalError
-
+from appion.base.db.retry import close_db_connections, db_errors  # noqa: F401 (the loop's names for them)
 from appion.base.exposure import ExposureInput
 from appion.base.session import retrieve as r
 from appion.loop.calc import calc_epoch, one_line
 
 log = logging.getLogger("appion.loop")
-
-
-def db_errors() -> tuple[type[Exception], ...]:
-    """The errors that mean the database is unreachable (as opposed to bad data)."""
-    return (OperationalError, InterfaceError)
-
-
-def close_db_connections() -> None:
-    """Drop every (possibly broken) connection; Django reconnects on next use."""
-    for conn in connections.all(initialized_only=True):
-        try:
-            conn.close()
-        except Exception:  # a dead server makes close() raise too; the connection is gone either way
-            conn.connection = None
 
 
 class DatabaseRetry:
