@@ -26,7 +26,7 @@ from appion.motioncorrection import inputs, outputs
 from appion.motioncorrection.calc import internal
 
 
-FFT_FRAMES_AHEAD_DURING_ALIGNMENT = 6  # spectra (~95 MB each for K3) computed before the shifts are known
+FFT_FRAMES_AHEAD_DURING_ALIGNMENT = 0  # extra full-size spectra (~95 MB each for K3) computed before the shifts are known
 
 
 @dataclass(frozen=True)
@@ -194,6 +194,11 @@ def align_movie_file(movie_path, out_path, options: MotionOptions) -> MotionOutc
         gain = inputs.read_oriented_gain(options.gain_path, header.shape_yx, options.gain_rotate, options.gain_flip)
     mask = inputs.read_defects_mask(options.defects_path, header.shape_yx) if options.defects_path else None
     factor = internal.calc_alignment_binning(header.shape_yx, options.pixel_size_A, options.bfactor_global_A2)
+    fine = internal.calc_refinement_binning(header.shape_yx, options.pixel_size_A, options.bfactor_local_A2, factor)
+    # The alignment's frames: binned by `fine`, cropped to fast FFT sizes, transformed as they come.
+    fine_yx = (internal.calc_fast_size_below(header.shape_yx[0] // fine),
+               internal.calc_fast_size_below(header.shape_yx[1] // fine))
+    small_spectra = np.empty((last - first + 1, fine_yx[0], fine_yx[1] // 2 + 1), np.complex64)
     local = bool(options.patch_cols and options.patch_rows)
     with_dw = options.dose_per_frame_e_per_A2 is not None
     shape = tuple(header.shape_yx)
@@ -202,7 +207,16 @@ def align_movie_file(movie_path, out_path, options: MotionOptions) -> MotionOutc
     # map), else the float32 frames (local model: cut into tiles later) or, for other global cases,
     # their spectra, computed while the next chunk is decoded in another thread.
     stored: list[np.ndarray] = []
-    small_chunks, means = [], []
+    means: list[float] = []
+
+    def add_small_frame(small_frame: np.ndarray) -> float:
+        """Keep the binned frame's spectrum (mean removed); returns its mean (the FFT padding value)."""
+        k = len(means)
+        means.append(float(small_frame.mean(dtype=np.float64)))
+        small_spectra[k] = scipy.fft.rfft2(small_frame[:fine_yx[0], :fine_yx[1]], workers=1)
+        small_spectra[k, 0, 0] = 0.0
+        return means[-1]
+
     # Global shifts of an integer TIFF without a defect map: keep the frames as stored (1/4 or 1/2 of a
     # float32 copy); gain is applied in the binning and, once the shifts are known, in the FFT padding.
     raw = None
@@ -210,16 +224,11 @@ def align_movie_file(movie_path, out_path, options: MotionOptions) -> MotionOutc
         raw = np.empty((last - first + 1,) + shape, np.dtype(header.dtype))
         raw_gain = gain if gain is not None else np.ones((1, 1), np.float32)
         for j in iter_in_background(inputs.iter_raw_tiff_frames(movie_path, first, last, threads, raw), depth=2):
-            small_frame = internal.calc_binned_raw_frame(raw[j], raw_gain, gain is not None, factor)[None]
-            small_chunks.append(small_frame)
-            means.extend(small_frame.mean(axis=(1, 2), dtype=np.float64))
+            add_small_frame(internal.calc_binned_raw_frame(raw[j], raw_gain, gain is not None, fine))
     chunks = () if raw is not None else inputs.iter_corrected_chunks(
         movie_path, first, last, options.eer_grouping, options.eer_sampling, threads, gain, mask)
     for _, chunk in iter_in_background(chunks):
-        small_chunk = internal.calc_binned_frames(chunk, factor)
-        small_chunks.append(small_chunk)
-        chunk_means = small_chunk.mean(axis=(1, 2), dtype=np.float64)
-        means.extend(chunk_means)
+        chunk_means = [add_small_frame(small_frame) for small_frame in internal.calc_binned_frames(chunk, fine)]
         if local:
             stored.extend(chunk)
         else:
@@ -245,38 +254,32 @@ def align_movie_file(movie_path, out_path, options: MotionOptions) -> MotionOutc
     t0 = time.perf_counter()
     try:
         n = len(stored) if raw is None else len(raw)
-        small = np.concatenate(small_chunks)
-        del small_chunks
-        fast = (internal.calc_fast_size_below(small.shape[1]), internal.calc_fast_size_below(small.shape[2]))
-        small = np.ascontiguousarray(small[:, :fast[0], :fast[1]])  # drop a few edge pixels: fast FFT sizes
-        small_shape = small.shape[1:]
-        small_apix = options.pixel_size_A * factor
-        spectra = internal.calc_spectra(small, threads)
-        del small
-        tol = options.tolerance_px / factor
-        # Coarse stage: stop at 0.25 px, the refinement below takes it further.
-        coarse = internal.calc_frame_shifts(spectra, small_shape, small_apix, options.bfactor_global_A2,
-                                            options.max_iterations, max(tol, 0.25 / factor), workers=threads)
-        # Refinement with the weaker local B-factor: starts from the aligned spectra (small search).
-        fine = internal.calc_frame_shifts(spectra, small_shape, small_apix, options.bfactor_local_A2,
-                                          options.max_iterations, tol, max_shift_px=3, workers=threads)
-        shifts = (coarse.shifts_px + fine.shifts_px) * factor
-        converged = coarse.converged and fine.converged
+        # Search on a Fourier crop (global B-factor), then Newton refinement on the finer frames (local B).
+        result = internal.calc_global_alignment(small_spectra, fine_yx, fine, factor, options.pixel_size_A,
+                                                options.bfactor_global_A2, options.bfactor_local_A2,
+                                                options.max_iterations, options.tolerance_px, workers=threads)
+        shifts, converged = result.shifts_px, result.converged
         model = None
-        if options.patch_cols and options.patch_rows:
-            aligned = scipy.fft.irfft2(spectra, s=small_shape, axes=(-2, -1), workers=threads).astype(np.float32)
+        if local:  # patches of the aligned frames, Fourier-cropped to `factor` binning
+            coarse_yx = internal.calc_coarse_shape(fine_yx, fine, factor)
+            coarse = internal.calc_fourier_crop_spectra(small_spectra, fine_yx, coarse_yx)
+            del small_spectra
+            aligned = scipy.fft.irfft2(coarse, s=coarse_yx, axes=(-2, -1), workers=threads).astype(np.float32)
+            del coarse
+            unbinned = fine * internal.calc_crop_scale(fine_yx, coarse_yx)  # unbinned px per px of `aligned` (x, y)
             centres, trajectories, _ = internal.calc_patch_trajectories(
-                aligned, options.patch_cols, options.patch_rows, small_apix, options.bfactor_local_A2,
-                options.max_iterations, tol, workers=threads)
+                aligned, options.patch_cols, options.patch_rows,
+                options.pixel_size_A * float(np.sqrt(unbinned[0] * unbinned[1])), options.bfactor_local_A2,
+                options.max_iterations, options.tolerance_px / float(unbinned.min()), workers=threads)
             del aligned
-            model = internal.calc_local_model(centres * factor + (factor - 1) / 2.0, trajectories * factor, shape)
+            model = internal.calc_local_model((centres + 0.5) * unbinned - 0.5, trajectories * unbinned, shape)
     except BaseException:
         if raw is not None:  # stop the frame FFTs started above
             for future in pending:
                 future.cancel()
             fft_pool.shutdown(wait=True)
         raise
-    del spectra
+    small_spectra = None
     timings["align"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()

@@ -2,6 +2,8 @@
 
 Worker side: no Django here (the database rows are appion.motioncorrection.store).
 
+The drift plot is drawn with Pillow (see calc_shift_plot_png).
+
 Every writer writes to a temporary name in the target directory and renames it into place, so
 a crash never leaves a half-written file under the final name.  `write_outputs` writes a set
 of files all-or-nothing.
@@ -14,6 +16,10 @@ pages upside down relative to tifffile, so there the Y sign flips back (measured
 """
 from __future__ import annotations
 
+import functools
+import importlib.util
+import io
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -119,12 +125,11 @@ class StarGeneral:
 
 def calc_motion_star_blocks(general: StarGeneral, frame_numbers: np.ndarray, displacements_px: np.ndarray,
                             movie_format: str, model_coeffs: np.ndarray | None = None) -> dict:
-    """The STAR blocks RELION's relion_run_motioncorr writes per micrograph (as starfile data).
+    """The STAR blocks RELION's relion_run_motioncorr writes per micrograph: block name → a dict of single
+    values (general) or of equally long columns (loops).
 
     frame_numbers: 1-based movie frame numbers of the frames used; displacements (n, 2) unbinned px.
     """
-    import pandas as pd  # imported when needed: pandas costs ~0.3 s at start-up
-
     ny, nx = general.shape_yx
     gen = {
         "rlnImageSizeX": int(nx),
@@ -148,30 +153,59 @@ def calc_motion_star_blocks(general: StarGeneral, frame_numbers: np.ndarray, dis
     shifts = calc_relion_shifts(displacements_px, movie_format)
     blocks = {
         "general": gen,
-        "global_shift": pd.DataFrame({
+        "global_shift": {
             "rlnMicrographFrameNumber": np.asarray(frame_numbers, dtype=int),
             "rlnMicrographShiftX": shifts[:, 0],
             "rlnMicrographShiftY": shifts[:, 1],
-        }),
+        },
     }
     if model_coeffs is not None:
         relion = calc_relion_model_coeffs(model_coeffs, general.shape_yx, len(frame_numbers), movie_format)
-        blocks["local_motion_model"] = pd.DataFrame({
+        blocks["local_motion_model"] = {
             "rlnMotionModelCoeffsIdx": np.arange(relion.size, dtype=int),
             "rlnMotionModelCoeff": relion,
-        })
+        }
     return blocks
 
 
-def write_motion_star(path, blocks: dict) -> Path:
-    """Write STAR blocks (from calc_motion_star_blocks) with the starfile package.
+def _star_value(value) -> str:
+    """One STAR value: floats with 9 significant digits (no −0), quoted text when it holds blanks."""
+    if isinstance(value, (bool, np.bool_)):
+        return str(int(value))
+    if isinstance(value, (int, np.integer)):
+        return str(int(value))
+    if isinstance(value, (float, np.floating)):
+        text = f"{float(value):.9g}"
+        return "0" if text in ("-0", "0") else text
+    text = str(value)
+    return f'"{text}"' if not text or any(c.isspace() for c in text) else text
+
+
+def format_star(blocks: dict) -> str:
+    """STAR text of blocks from calc_motion_star_blocks: a block of single values, or a loop of columns.
 
     Floats keep 9 significant digits: the model's t³ coefficients are small (~1e-5) but multiply
     t³ ~ 1e5 for long movies, so a fixed 6 decimals would lose tenths of a pixel.
     """
-    import starfile
+    lines = ["# written by appion", ""]
+    for name, block in blocks.items():
+        lines += ["", f"data_{name}", ""]
+        columns = {key: np.asarray(value) for key, value in block.items()}
+        if all(column.ndim == 0 for column in columns.values()):
+            lines += [f"_{key}\t\t\t{_star_value(value.item())}" for key, value in columns.items()]
+        else:
+            lines.append("loop_")
+            lines += [f"_{key} #{i + 1}" for i, key in enumerate(columns)]
+            lines += ["\t".join(_star_value(column[i].item()) for column in columns.values())
+                      for i in range(len(next(iter(columns.values()))))]
+        lines.append("")
+    return "\n".join(lines) + "\n"
 
-    return write_atomic(path, lambda tmp: starfile.write(blocks, tmp, overwrite=True, float_format="%.9g"))
+
+def write_motion_star(path, blocks: dict) -> Path:
+    """Write STAR blocks (from calc_motion_star_blocks); RELION and the starfile package read them."""
+    text = format_star(blocks)
+    return write_atomic(path, lambda tmp: Path(tmp).write_text(text))
 
 
 # ---------------------------------------------------------------------------------- classic log
@@ -200,18 +234,87 @@ def write_appion_log(path, text: str) -> Path:
 
 # ----------------------------------------------------------------------------------------- plot
 
+# Drawn directly with Pillow (a matplotlib dependency): ~20 ms instead of matplotlib's ~0.3 s plus its
+# import.  The few drawing helpers are the same as the CTF diagnostic's (appion.ctfestimation.outputs);
+# steps do not import each other, so they would move to appion.base together.
+PLOT_SCALE = 2  # drawn at twice the size, then averaged down: antialiased lines and text
+VIRIDIS = np.array([(68, 1, 84), (72, 40, 120), (62, 74, 137), (49, 104, 142), (38, 130, 142), (31, 158, 137),
+                    (53, 183, 121), (109, 205, 89), (180, 222, 44), (253, 231, 37)], float)
+
+
+@functools.lru_cache(maxsize=8)
+def _font(size_px: int):
+    """A sans-serif FreeType font of size_px pixels (DejaVu Sans from matplotlib's data, else Pillow's own)."""
+    from PIL import ImageFont
+
+    spec = importlib.util.find_spec("matplotlib")
+    for folder in (spec.submodule_search_locations or []) if spec else []:
+        path = os.path.join(folder, "mpl-data", "fonts", "ttf", "DejaVuSans.ttf")
+        if os.path.exists(path):
+            return ImageFont.truetype(path, size_px)
+    return ImageFont.load_default(size_px)
+
+
+def calc_ticks(lo: float, hi: float, target: int = 6) -> tuple[np.ndarray, float]:
+    """Round tick values within [lo, hi] (steps 1, 2, 2.5 or 5 × 10ⁿ, about `target` of them) and the step."""
+    raw = max(hi - lo, 1e-12) / target
+    power = 10.0 ** math.floor(math.log10(raw))
+    step = next(m * power for m in (1.0, 2.0, 2.5, 5.0, 10.0) if m * power >= raw * 0.999)
+    first = math.ceil(lo / step - 1e-9)
+    return (first + np.arange(int(math.floor(hi / step + 1e-9)) - first + 1)) * step, step
+
+
+def _tick_label(value: float, step: float) -> str:
+    decimals = max(0, -math.floor(math.log10(step) + 1e-9))
+    decimals += 1 if round(step / 10.0 ** math.floor(math.log10(step) + 1e-9), 3) == 2.5 else 0
+    text = f"{value:.{decimals}f}"
+    return (f"{0.0:.{decimals}f}" if float(text) == 0.0 else text).replace("-", "\u2212")
+
+
+def calc_viridis(t: np.ndarray) -> np.ndarray:
+    """Colours (…, 3) uint8 of values t in [0, 1] on (an approximation of) matplotlib's viridis map."""
+    x = np.clip(np.asarray(t, float), 0.0, 1.0) * (len(VIRIDIS) - 1)
+    return np.rint(np.stack([np.interp(x, np.arange(len(VIRIDIS)), VIRIDIS[:, c]) for c in range(3)],
+                            axis=-1)).astype(np.uint8)
+
+
+def _text(draw, xy, text: str, size: int, anchor: str) -> None:
+    draw.text(xy, text, font=_font(size * PLOT_SCALE), anchor=anchor, fill=(0, 0, 0))
+
+
+def _text_vertical(canvas, xy, text: str, size: int) -> None:
+    """Text rotated 90° counter-clockwise, centred at xy (an axis label)."""
+    from PIL import Image, ImageDraw
+
+    font = _font(size * PLOT_SCALE)
+    left, top, right, bottom = font.getbbox(text)
+    mask = Image.new("L", (right - left + 2, bottom - top + 2), 0)
+    ImageDraw.Draw(mask).text((-left + 1, -top + 1), text, font=font, fill=255)
+    mask = mask.rotate(90, expand=True)
+    canvas.paste((0, 0, 0), (int(xy[0] - mask.width / 2), int(xy[1] - mask.height / 2)), mask)
+
+
+def calc_equal_aspect_limits(x: np.ndarray, y: np.ndarray, width: float, height: float,
+                             margin: float = 0.08) -> tuple[tuple[float, float], tuple[float, float]]:
+    """x and y limits around the points with equal units per pixel on a width × height panel."""
+    x0, x1 = float(np.min(x)), float(np.max(x))
+    y0, y1 = float(np.min(y)), float(np.max(y))
+    span = max(x1 - x0, y1 - y0, 1.0) * (1 + 2 * margin)
+    per_px = max(max(x1 - x0, 1e-9) * (1 + 2 * margin) / width, max(y1 - y0, 1e-9) * (1 + 2 * margin) / height,
+                 span / max(width, height))
+    cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+    return (cx - per_px * width / 2, cx + per_px * width / 2), (cy - per_px * height / 2, cy + per_px * height / 2)
+
+
 def calc_shift_plot_png(displacements_px: np.ndarray, pixel_size_A: float, first_frame: int, title: str = "",
                         dose_per_frame_e_per_A2: float | None = None) -> bytes:
-    """Drift trajectory as PNG bytes: specimen position per frame in Å, frame numbers marked, motion noted.
+    """Drift trajectory as PNG bytes (550×550): specimen position per frame in Å (equal scales), frames
+    coloured by number with a colour bar, every few frame numbers written, the motion noted in the title.
 
     Early motion = the first 4 frames' steps (or the frames within the first 4 e/Å² when the dose
-    is known), late = the rest.  Pure rendering (matplotlib Agg, no pyplot state), so it can run
-    in a thread while the frames are summed.
+    is known), late = the rest.  Pure rendering (Pillow), so it can run in a thread while the frames are summed.
     """
-    import io
-
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+    from PIL import Image, ImageDraw
 
     d = np.asarray(displacements_px, float)
     d = d - d[0]
@@ -221,24 +324,64 @@ def calc_shift_plot_png(displacements_px: np.ndarray, pixel_size_A: float, first
     total, early, late = (v * pixel_size_A for v in calc_motion_summary(d, min(early_frames, max(len(d) - 1, 0))))
     xa, ya = d[:, 0] * pixel_size_A, d[:, 1] * pixel_size_A
 
-    fig = Figure(figsize=(5.5, 5.5), dpi=100)
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot(1, 1, 1)
-    ax.plot(xa, ya, "-", color="tab:blue", lw=1)
-    sc = ax.scatter(xa, ya, c=np.arange(len(d)) + first_frame, cmap="viridis", s=14, zorder=3)
-    step = max(1, len(d) // 8)
-    for i in list(range(0, len(d), step)) + ([len(d) - 1] if (len(d) - 1) % step else []):
-        ax.annotate(str(i + first_frame), (xa[i], ya[i]), textcoords="offset points", xytext=(4, 4), fontsize=7)
-    fig.colorbar(sc, ax=ax, label="frame (0-based)")
-    ax.set_xlabel("x drift (Å)")
-    ax.set_ylabel("y drift (Å)")
-    ax.set_aspect("equal", adjustable="datalim")
-    ax.grid(True, lw=0.3)
-    ax.set_title((title + "\n" if title else "") +
-                 f"total {total:.1f} Å, early {early:.1f} Å ({early_frames} frames), late {late:.1f} Å", fontsize=8)
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
-    return buffer.getvalue()
+    S = PLOT_SCALE
+    size = 550
+    left, top, right, bottom = 70, 62, 410, 490
+    canvas = Image.new("RGB", (size * S, size * S), (255, 255, 255))
+    draw = ImageDraw.Draw(canvas)
+    lines = ([title] if title else []) + [f"total {total:.1f} Å, early {early:.1f} Å ({early_frames} frames), "
+                                          f"late {late:.1f} Å"]
+    for i, line in enumerate(lines):
+        _text(draw, (size * S / 2, (top - 8 - 14 * (len(lines) - 1 - i)) * S), line, 11, "md")
+    w, h = right - left, bottom - top
+    xlim, ylim = calc_equal_aspect_limits(xa, ya, w, h)
+
+    def px(x, y):
+        return (left + (np.asarray(x) - xlim[0]) / (xlim[1] - xlim[0]) * w) * S, \
+               (bottom - (np.asarray(y) - ylim[0]) / (ylim[1] - ylim[0]) * h) * S
+
+    xt, xstep = calc_ticks(*xlim, target=6)
+    yt, ystep = calc_ticks(*ylim, target=8)
+    for v in xt:  # grid, ticks and labels
+        x = px(v, 0.0)[0]
+        draw.line([(x, top * S), (x, bottom * S)], fill=(225, 225, 225), width=S)
+        draw.line([(x, bottom * S), (x, (bottom + 4) * S)], fill=(0, 0, 0), width=S)
+        _text(draw, (x, (bottom + 6) * S), _tick_label(v, xstep), 12, "mt")
+    for v in yt:
+        y = px(0.0, v)[1]
+        draw.line([(left * S, y), (right * S, y)], fill=(225, 225, 225), width=S)
+        draw.line([((left - 4) * S, y), (left * S, y)], fill=(0, 0, 0), width=S)
+        _text(draw, ((left - 6) * S, y), _tick_label(v, ystep), 12, "rm")
+    draw.rectangle((left * S, top * S, right * S, bottom * S), outline=(0, 0, 0), width=S)
+    _text(draw, ((left + right) / 2 * S, (bottom + 24) * S), "x drift (Å)", 13, "mt")
+    _text_vertical(canvas, ((left - 52) * S, (top + bottom) / 2 * S), "y drift (Å)", 13)
+
+    x, y = px(xa, ya)
+    draw.line(list(zip(x.tolist(), y.tolist())), fill=(31, 119, 180), width=S, joint="curve")
+    n = len(d)
+    colours = calc_viridis(np.arange(n) / max(n - 1, 1))
+    r = 3.5 * S
+    for i in range(n):
+        draw.ellipse((x[i] - r, y[i] - r, x[i] + r, y[i] + r), fill=tuple(int(c) for c in colours[i]))
+    step = max(1, n // 8)
+    for i in list(range(0, n, step)) + ([n - 1] if (n - 1) % step else []):
+        _text(draw, (x[i] + 5 * S, y[i] - 5 * S), str(i + first_frame), 9, "ls")
+
+    bar_left, bar_right = 440, 458  # colour bar of frame numbers
+    ramp = calc_viridis(np.linspace(1.0, 0.0, h * S))[:, None, :].repeat((bar_right - bar_left) * S, axis=1)
+    canvas.paste(Image.fromarray(np.ascontiguousarray(ramp), "RGB"), (bar_left * S, top * S))
+    draw.rectangle((bar_left * S, top * S, bar_right * S, bottom * S), outline=(0, 0, 0), width=S)
+    lo, hi = first_frame, first_frame + max(n - 1, 1)
+    ticks, tstep = calc_ticks(lo, hi, target=7)
+    for v in ticks:
+        yb = (bottom - (v - lo) / (hi - lo) * h) * S
+        draw.line([(bar_right * S, yb), ((bar_right + 4) * S, yb)], fill=(0, 0, 0), width=S)
+        _text(draw, ((bar_right + 6) * S, yb), _tick_label(v, max(tstep, 1.0)), 12, "lm")
+    _text_vertical(canvas, ((bar_right + 52) * S, (top + bottom) / 2 * S), "frame (0-based)", 13)
+
+    out = io.BytesIO()
+    canvas.reduce(S).save(out, format="PNG", compress_level=1)
+    return out.getvalue()
 
 
 def write_png(path, png: bytes) -> Path:

@@ -16,27 +16,34 @@ from appion.motioncorrection.calc import internal as I
 
 
 def align_global(frames: np.ndarray, pixel_size_A: float = 1.0, b_global: float = 500.0, b_local: float = 150.0):
-    """Two-stage global alignment as the command does it; returns (shifts unbinned (n, 2), factor, spectra)."""
+    """The command's global alignment (search on a Fourier crop, then Newton refinement on the finer frames).
+
+    Returns (shifts unbinned (n, 2), unbinned pixels per pixel of `aligned` (x, y), the aligned frames
+    Fourier-cropped to calc_alignment_binning's sampling, as the command cuts patches from (n, y, x) float32)."""
     f = frames.astype(np.float32)
     factor = I.calc_alignment_binning(f.shape[1:], pixel_size_A, b_global)
-    small = I.calc_binned_frames(f, factor)
+    fine = I.calc_refinement_binning(f.shape[1:], pixel_size_A, b_local, factor)
+    small = I.calc_binned_frames(f, fine)
+    fast = (I.calc_fast_size_below(small.shape[1]), I.calc_fast_size_below(small.shape[2]))
+    small = np.ascontiguousarray(small[:, :fast[0], :fast[1]])
     spectra = I.calc_spectra(small, 2)
-    tol = 0.02 / factor
-    coarse = I.calc_frame_shifts(spectra, small.shape[1:], pixel_size_A * factor, b_global, 10, tol, workers=2)
-    fine = I.calc_frame_shifts(spectra, small.shape[1:], pixel_size_A * factor, b_local, 10, tol,
-                               max_shift_px=3, workers=2)
-    assert coarse.converged and fine.converged
-    return (coarse.shifts_px + fine.shifts_px) * factor, factor, spectra, small.shape[1:]
+    result = I.calc_global_alignment(spectra, fast, fine, factor, pixel_size_A, b_global, b_local, 10, 0.02,
+                                     workers=2)
+    assert result.converged
+    coarse_yx = I.calc_coarse_shape(fast, fine, factor)
+    coarse = I.calc_fourier_crop_spectra(spectra, fast, coarse_yx)
+    aligned = scipy.fft.irfft2(coarse, s=coarse_yx, axes=(-2, -1)).astype(np.float32)
+    return result.shifts_px, fine * I.calc_crop_scale(fast, coarse_yx), aligned
 
 
 @pytest.mark.parametrize("dose, drift, seed", [(1.2, 40.0, 1), (2.0, 5.0, 2), (1.5, 20.0, 3)])
-def test_global_trajectory_error_below_0p1_px(dose, drift, seed):
+def test_global_trajectory_error_below_0p08_px(dose, drift, seed):
     params = MovieParams(shape=(1024, 1024), n_frames=24, dose_per_frame_e_per_A2=dose, drift_total_px=drift,
                          seed=seed)
     frames, truth = calc_movie(params)
-    shifts, _, _, _ = align_global(frames)
+    shifts, _, _ = align_global(frames)
     error = I.calc_trajectory_rms_error(shifts, truth["shifts_px"])
-    assert error <= 0.10, f"RMS error {error:.3f} px"
+    assert error <= 0.08, f"RMS error {error:.3f} px"
     # and the trajectory really moved that far (not a trivially small drift)
     assert np.linalg.norm(shifts[-1]) > 0.5 * np.linalg.norm(truth["shifts_px"][-1])
 
@@ -45,11 +52,11 @@ def test_local_model_beats_global_only_at_patch_centres():
     params = MovieParams(shape=(1024, 1024), n_frames=20, dose_per_frame_e_per_A2=2.0, drift_total_px=12.0,
                          local_deformation_px=4.0, seed=7)
     frames, truth = calc_movie(params)
-    shifts, factor, spectra, small_shape = align_global(frames)
-    aligned = scipy.fft.irfft2(spectra, s=small_shape, axes=(-2, -1)).astype(np.float32)
-    centres, trajectories, _ = I.calc_patch_trajectories(aligned, 4, 4, float(factor), 150.0, workers=2)
-    centres_px = centres * factor + (factor - 1) / 2.0
-    model = I.calc_local_model(centres_px, trajectories * factor, (1024, 1024))
+    shifts, unbinned, aligned = align_global(frames)
+    centres, trajectories, _ = I.calc_patch_trajectories(aligned, 4, 4, float(np.sqrt(np.prod(unbinned))), 150.0,
+                                                         workers=2)
+    centres_px = (centres + 0.5) * unbinned - 0.5
+    model = I.calc_local_model(centres_px, trajectories * unbinned, (1024, 1024))
     global_err, local_err = [], []
     for x, y in centres_px:
         true = calc_local_shifts_px(truth, x, y)
@@ -172,3 +179,55 @@ def test_warm_up_runs_every_code_path_on_tiny_movies(tmp_path):
     seconds = align.warm_up_engines(work_dir=tmp_path)
     assert set(seconds) == {"tif-uint8", "tif-uint16", "mrc-float32"}
     assert list(tmp_path.iterdir()) == []
+
+
+def test_refinement_binning_follows_local_bfactor():
+    """About 2.5 Å pixels for B = 150 Å² (K3 at 0.83 Å: 3, not the search's 5), never coarser than the search."""
+    assert I.calc_refinement_binning((4092, 5760), 0.83, 150.0, 5) == 3
+    assert I.calc_refinement_binning((2048, 2048), 1.0, 150.0, 3) == 2
+    assert I.calc_refinement_binning((1024, 1024), 1.0, 150.0, 2) == 2
+    assert I.calc_refinement_binning((1024, 1024), 0.83, 0.0, 2) == 1  # no filter: unbinned
+    assert I.calc_refinement_binning((4092, 5760), 0.83, 0.0, 5) == 3  # ... unless too large
+    assert I.calc_refinement_binning((8184, 11520), 0.83, 150.0, 10) == 6  # super-resolution K3: memory bound
+
+
+def test_newton_refinement_recovers_known_subpixel_shifts():
+    """Noise-free frames moved by known sub-pixel shifts: the Newton steps find them to 1e-3 px."""
+    rng = np.random.default_rng(5)
+    ny, nx = 192, 256
+    k2 = np.fft.fftfreq(ny)[:, None] ** 2 + np.fft.rfftfreq(nx)[None, :] ** 2
+    base = scipy.fft.rfft2(rng.normal(size=(ny, nx))) * np.exp(-k2 * 60)
+    truth = np.array([[0.0, 0.0], [0.31, -0.22], [-0.45, 0.12], [0.08, 0.4], [0.2, 0.27]])
+    py, px = I.calc_phase_vectors(-truth, ny, nx)  # frame i shows the image moved by +truth[i]
+    spectra = (base[None] * py[:, :, None] * px[:, None, :]).astype(np.complex64)
+    spectra[:, 0, 0] = 0
+    result = I.calc_newton_shifts(spectra, (ny, nx), 2.0, 150.0, max_iterations=12, tolerance_px=1e-5)
+    assert result.converged
+    # each frame meets the sum of the others: the residual shrinks by ≥ (n − 1) per iteration
+    updates = np.array(result.rms_updates_px)
+    assert np.all(updates[1:] <= updates[:-1] / 3.0)
+    np.testing.assert_allclose(result.shifts_px, truth - truth[0], atol=1e-3)
+
+
+def test_fourier_crop_spectra_resamples_the_same_field_of_view():
+    rng = np.random.default_rng(6)
+    image = rng.normal(5.0, 1.0, size=(120, 160)).astype(np.float32)
+    spectra = scipy.fft.rfft2(image)[None].astype(np.complex64)
+    crop = I.calc_fourier_crop_spectra(spectra, (120, 160), (60, 80))
+    small = scipy.fft.irfft2(crop[0], s=(60, 80))
+    assert small.mean() == pytest.approx(image.mean(), rel=1e-5)
+    np.testing.assert_allclose(I.calc_crop_scale((120, 160), (60, 80)), [2.0, 2.0])
+    assert I.calc_coarse_shape((1364, 1920), 3, 5) == (810, 1152)
+
+
+def test_drift_plot_is_a_png_of_the_trajectory():
+    from PIL import Image
+
+    from appion.motioncorrection import outputs
+
+    d = np.cumsum(np.full((16, 2), [0.5, -0.3]), axis=0)
+    png = outputs.calc_shift_plot_png(d, 1.2, 0, "m.tif", 1.5)
+    picture = np.asarray(Image.open(__import__("io").BytesIO(png)).convert("RGB"))
+    assert picture.shape == (550, 550, 3)
+    bar = picture[70:480, 445:455].astype(int)
+    assert bar[0, 0, 1] > bar[-1, 0, 1] + 150  # viridis: yellow (last frame) on top, purple at the bottom

@@ -5,10 +5,12 @@ trajectory is d_i = (dx, dy) in pixels (x = numpy axis 1, y = axis 0), relative 
 first frame used.  The aligned sum is out(r) = Σ frame_i(r + d_i): the first frame's
 position.  RELION's STAR shifts are −d (see appion.motioncorrection.store).
 
-Why it is fast: alignment runs on box-binned copies of the frames (the B-factor filter
-removes the high frequencies anyway; large frames are binned to ~800 px), with CC maps
-computed only over the frequencies the filter keeps; shifts are applied once, at full size,
-as Fourier phase ramps while the frames are summed (and exposure weighted) in Fourier space.
+Why it is fast: alignment runs on box-binned copies of the frames, binned only as far as the
+local B-factor allows (about 2.5 Å pixels; calc_refinement_binning), transformed once; the wide
+peak search runs on a Fourier crop of them to ~800 px with CC maps computed only over the
+frequencies its filter keeps (~500 px), and the sub-pixel refinement needs no CC map at all (Newton steps
+from sums over the spectra, see refine); shifts are applied once, at full size, as Fourier phase
+ramps while the frames are summed (and exposure weighted) in Fourier space.
 For global alignment of integer TIFF movies the command keeps the frames as stored (8/16-bit,
 1/4 or 1/2 of a float32 copy) and applies the gain inside the binning and the FFT padding
 (calc_binned_raw_frame, calc_raw_frame_spectrum: the same float32 arithmetic as the corrected
@@ -20,13 +22,14 @@ frames (the one full-size copy of the movie).
 Methods
 - Global: iterative cross-correlation of each frame against the sum of all other
   (already shifted) frames, filtered by exp(−B k²/2) (= exp(−B k²/4) on each image, B in
-  Å²), peak searched near the origin, sub-pixel position by a 3-point Gaussian fit per axis
-  (parabola as fallback).  Because every iteration re-shifts the frames exactly in Fourier
-  space, the residual measured by the next iteration goes to zero, so the fit's small bias
-  for off-centre peaks disappears.  Two stages: the global B-factor (robust, wide search)
-  until the RMS update < 0.25 px, then a refinement with the local B-factor (±3 binned px)
-  until it is < tolerance (0.02 px).  Trajectory relative to the first frame used.
-- Local: after global alignment the binned, aligned frames are cut into cols × rows
+  Å²).  Two stages: a search with the global B-factor on the frames Fourier-cropped to ~512 px (peak
+  searched near the origin, sub-pixel position by a 3-point Gaussian fit per axis, parabola as
+  fallback) until the RMS update < 0.25 px; then a refinement with the local B-factor on the
+  finer frames: Newton steps to each frame's CC maximum from the CC's gradient and Hessian at
+  the current estimate (sums over the cross-spectrum) until the RMS update < tolerance (0.02
+  px).  Every iteration re-shifts the frames exactly in Fourier space, so the next one measures
+  the residual.  Trajectory relative to the first frame used.
+- Local: after global alignment the aligned frames (Fourier-cropped to ~800 px) are cut into cols × rows
   patches (cosine-tapered edges) and each patch stack is aligned with the same routine
   (B-factor --bfactor-local).  The patch trajectories are fitted by MotionCor2/RELION's
   smooth model: 18 terms {1, x, x², y, y², xy} × {t, t², t³} (x, y normalised to
@@ -44,8 +47,8 @@ Methods
   the unweighted sum's.
 - Binning: Fourier cropping of the summed spectrum (mean per pixel preserved).
 
-Submodules (this package re-exports their public names): align (binning, spectra, global
-alignment), local (patches and the smooth model), sums (exposure weights, tiled Fourier sums,
+Submodules (this package re-exports their public names): align (binning, spectra, CC search),
+refine (the two-stage global alignment, Newton refinement), local (patches and the smooth model), sums (exposure weights, tiled Fourier sums,
 output binning), summary (trajectory figures).
 """
 from __future__ import annotations
@@ -57,6 +60,11 @@ from appion.motioncorrection.calc.internal.align import (
 from appion.motioncorrection.calc.internal.local import (N_POLY_TERMS, calc_local_model, calc_local_shifts_at,
                                                          calc_patch_boxes, calc_patch_trajectories, calc_poly_basis,
                                                          calc_taper)
+from appion.motioncorrection.calc.internal.refine import (
+    NEWTON_MAX_STEP_PX, REFINE_FILTER_AT_NYQUIST, REFINE_MAX_PIXELS, SEARCH_SIZE_PX, GlobalAlignment,
+    calc_coarse_shape, calc_crop_scale,
+    calc_fourier_crop_spectra, calc_global_alignment, calc_newton_shifts, calc_newton_steps, calc_refinement_binning,
+    calc_weighted_filter)
 from appion.motioncorrection.calc.internal.summary import calc_motion_summary, calc_trajectory_rms_error
 from appion.motioncorrection.calc.internal.sums import (
     K_TABLE_SIZE, TILE_CORE_PX, TILE_MARGIN_PX, SumState, calc_add_frame, calc_add_spectra, calc_edge_taper,
@@ -68,6 +76,9 @@ __all__ = [
     "calc_alignment_binning", "calc_binned_frames", "calc_binned_raw_frame", "calc_raw_frame_spectrum",
     "calc_spectra", "calc_phase_vectors", "calc_shifted_spectra_inplace", "calc_cc_shape",
     "calc_cropped_bfactor_filter", "calc_fast_size_below", "AlignmentResult", "calc_frame_shifts",
+    "REFINE_FILTER_AT_NYQUIST", "REFINE_MAX_PIXELS", "NEWTON_MAX_STEP_PX", "SEARCH_SIZE_PX",
+    "calc_refinement_binning", "calc_coarse_shape", "calc_crop_scale", "calc_fourier_crop_spectra", "calc_weighted_filter", "calc_newton_steps",
+    "calc_newton_shifts", "GlobalAlignment", "calc_global_alignment",
     "calc_patch_boxes", "calc_taper", "calc_patch_trajectories", "calc_poly_basis", "calc_local_model",
     "calc_local_shifts_at",
     "calc_weight_table", "SumState", "calc_sum_plan", "calc_edge_taper", "calc_frame_spectrum", "calc_add_spectra",
