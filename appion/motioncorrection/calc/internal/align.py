@@ -40,7 +40,8 @@ def calc_alignment_binning(shape_yx: tuple[int, int], pixel_size_A: float, bfact
 def calc_binned_frames(frames, factor):
     """Box-binned mean of each frame: frames (c, y, x) float32 -> (c, y//f, x//f) float32.
 
-    Edge rows/columns that do not fill a whole box are dropped.
+    Edge rows/columns that do not fill a whole box are dropped.  Each output row sums its `factor` input
+    rows first (contiguous, vectorised), then the columns of that sum.
     """
     c, ny, nx = frames.shape
     by, bx = ny // factor, nx // factor
@@ -49,12 +50,15 @@ def calc_binned_frames(frames, factor):
     for job in prange(c * by):
         i = job // by
         y = job % by
+        acc = np.zeros(bx * factor, np.float32)
+        for yy in range(y * factor, y * factor + factor):
+            for x in range(bx * factor):
+                acc[x] += frames[i, yy, x]
         for x in range(bx):
-            acc = np.float32(0.0)
-            for yy in range(y * factor, y * factor + factor):
-                for xx in range(x * factor, x * factor + factor):
-                    acc += frames[i, yy, xx]
-            out[i, y, x] = acc * scale
+            s = np.float32(0.0)
+            for xx in range(x * factor, x * factor + factor):
+                s += acc[xx]
+            out[i, y, x] = s * scale
     return out
 
 
@@ -71,15 +75,19 @@ def calc_binned_raw_frame(raw, gain, has_gain, factor):
     out = np.empty((by, bx), np.float32)
     scale = np.float32(1.0 / (factor * factor))
     for y in prange(by):
+        acc = np.zeros(bx * factor, np.float32)
+        for yy in range(y * factor, y * factor + factor):
+            if has_gain:
+                for x in range(bx * factor):
+                    acc[x] += np.float32(raw[yy, x]) * gain[yy, x]
+            else:
+                for x in range(bx * factor):
+                    acc[x] += np.float32(raw[yy, x])
         for x in range(bx):
-            acc = np.float32(0.0)
-            for yy in range(y * factor, y * factor + factor):
-                for xx in range(x * factor, x * factor + factor):
-                    v = np.float32(raw[yy, xx])
-                    if has_gain:
-                        v = v * gain[yy, xx]
-                    acc += v
-            out[y, x] = acc * scale
+            s = np.float32(0.0)
+            for xx in range(x * factor, x * factor + factor):
+                s += acc[xx]
+            out[y, x] = s * scale
     return out
 
 
