@@ -225,15 +225,17 @@ def align_movie_file(movie_path, out_path, options: MotionOptions) -> MotionOutc
         small_spectra[k, 0, 0] = 0.0
         return means[-1]
 
-    # Global shifts of an integer TIFF without a defect map: keep the frames as stored (1/4 or 1/2 of a
-    # float32 copy); gain is applied in the binning and, once the shifts are known, in the FFT padding.
+    # Global shifts of an integer TIFF or an EER movie without a defect map: keep the frames as counts (1/4
+    # or 1/2 of a float32 copy); gain is applied in the binning and, once the shifts are known, in the FFT
+    # padding.
     raw = None
-    if not local and mask is None and inputs.is_raw_tiff_movie(header):
-        raw = np.empty((last - first + 1,) + shape, np.dtype(header.dtype))
+    raw_dtype = inputs.calc_raw_dtype(header)
+    if not local and mask is None and raw_dtype is not None:
+        raw = np.empty((last - first + 1,) + shape, raw_dtype)
         raw_gain = gain if gain is not None else np.ones((1, 1), np.float32)
         # Decoding never waits for the binning (the frames have their place in `raw` already), so it goes on
         # while this thread loads the numba functions or bins.
-        for j in iter_in_background(inputs.iter_raw_tiff_frames(movie_path, first, last, threads, raw),
+        for j in iter_in_background(inputs.iter_raw_frames(movie_path, header, first, last, threads, raw),
                                     depth=len(raw)):
             add_small_frame(internal.calc_binned_raw_frame(raw[j], raw_gain, gain is not None, fine))
     chunks = () if raw is not None else inputs.iter_corrected_chunks(

@@ -2,8 +2,9 @@
 
 Worker side: no Django here (what the database holds is appion.motioncorrection.retrieve).
 
-Decoding is appion.base.io.movies (float32, corrected), except iter_raw_tiff_frames: integer TIFF
-pages as stored, one page per thread, for the global-shift fast path of `appion motion align`.
+Decoding is appion.base.io.movies (float32, corrected), except iter_raw_frames: integer TIFF pages as
+stored (one page per thread) and EER fractions as counts, for the global-shift fast path of
+`appion motion align` (the movie kept as integers: 1/4 of a float32 copy for 8-bit counts).
 """
 from __future__ import annotations
 
@@ -57,6 +58,45 @@ def is_raw_tiff_movie(header: movies.MovieHeader) -> bool:
     """True for a TIFF movie of 8/16-bit integer counts: iter_raw_tiff_frames can keep it as stored."""
     dtype = np.dtype(header.dtype)
     return header.format == "tiff" and dtype.kind in "ui" and dtype.itemsize <= 2
+
+
+def calc_raw_dtype(header: movies.MovieHeader) -> np.dtype | None:
+    """The integer type iter_raw_frames keeps the movie's frames in, or None when it cannot.
+
+    TIFF: 8/16-bit counts as stored.  EER: a fraction of g raw frames holds at most g electrons per
+    rendered pixel (a physical pixel sees at most one per raw frame), so uint8 up to g = 255, else uint16.
+    """
+    if is_raw_tiff_movie(header):
+        return np.dtype(header.dtype)
+    if header.format == "eer":
+        return np.dtype(np.uint8) if (header.eer_grouping or 1) <= 255 else np.dtype(np.uint16)
+    return None
+
+
+def iter_raw_frames(movie_path, header: movies.MovieHeader, first_frame: int, last_frame: int, threads: int,
+                    out: np.ndarray) -> Iterator[int]:
+    """Frames first..last (inclusive) as integer counts into out (n, y, x) of calc_raw_dtype(header); yield each
+    frame's index j (frame first + j) once out[j] holds it."""
+    if header.format == "eer":
+        return iter_raw_eer_frames(movie_path, header, first_frame, last_frame, threads, out)
+    return iter_raw_tiff_frames(movie_path, first_frame, last_frame, threads, out)
+
+
+def iter_raw_eer_frames(movie_path, header: movies.MovieHeader, first_frame: int, last_frame: int, threads: int,
+                        out: np.ndarray) -> Iterator[int]:
+    """EER fractions first..last rendered as counts into out (n, y, x) uint8/uint16, `threads` fractions at a
+    time (one thread each, appion.base.io.movies' EER reader); yield each index j once out[j] holds it."""
+    from appion.base.io.movies.frames import _open_source  # the reader behind iter_frame_chunks, as counts
+
+    source = _open_source(movie_path, header.eer_grouping or 1, header.eer_sampling or 1, threads)
+    try:
+        step = max(1, int(threads))
+        for j in range(0, last_frame - first_frame + 1, step):
+            count = min(step, last_frame - first_frame + 1 - j)
+            source.read_into(first_frame + j, out[j:j + count])
+            yield from range(j, j + count)
+    finally:
+        source.close()
 
 
 def iter_raw_tiff_frames(movie_path, first_frame: int, last_frame: int, threads: int,

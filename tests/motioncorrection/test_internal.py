@@ -231,3 +231,39 @@ def test_drift_plot_is_a_png_of_the_trajectory():
     assert picture.shape == (550, 550, 3)
     bar = picture[70:480, 445:455].astype(int)
     assert bar[0, 0, 1] > bar[-1, 0, 1] + 150  # viridis: yellow (last frame) on top, purple at the bottom
+
+
+def test_eer_movie_aligns_like_the_same_counts_in_a_tiff(tmp_path):
+    """EER fractions are kept as counts like TIFF pages: the same counts give the same shifts and sums."""
+    import importlib.util
+    from pathlib import Path
+
+    import mrcfile
+    import tifffile
+
+    from appion.motioncorrection import align
+
+    spec = importlib.util.spec_from_file_location(
+        "eer_writer", Path(__file__).resolve().parents[1] / "base" / "eer_writer.py")
+    eer = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(eer)
+    grouping = 16
+    frames, truth = calc_movie(MovieParams(shape=(256, 320), n_frames=10, dose_per_frame_e_per_A2=1.5,
+                                           drift_total_px=6.0, seed=8))
+    assert frames.max() <= grouping
+    raw_frames = []
+    for counts in frames:  # count c of a pixel: one electron in each of its fraction's first c raw frames
+        for r in range(grouping):
+            yx = np.argwhere(counts > r)
+            raw_frames.append(yx * 4 + 1)
+    eer.write_eer(tmp_path / "m.eer", raw_frames, frames.shape[1:])
+    tifffile.imwrite(tmp_path / "m.tif", frames)
+    out = {}
+    for name, grouping_option in (("m.eer", grouping), ("m.tif", 1)):
+        options = align.MotionOptions(pixel_size_A=1.0, dose_per_frame_e_per_A2=1.5, eer_grouping=grouping_option,
+                                      threads=2)
+        outcome = align.align_movie_file(tmp_path / name, tmp_path / f"{name}.mrc", options)
+        out[name] = (outcome.shifts_px, mrcfile.read(outcome.dw_path))
+    np.testing.assert_allclose(out["m.eer"][0], out["m.tif"][0], atol=1e-9)
+    np.testing.assert_array_equal(out["m.eer"][1], out["m.tif"][1])
+    assert I.calc_trajectory_rms_error(out["m.eer"][0], truth["shifts_px"]) <= 0.3  # a small, short movie
