@@ -147,21 +147,32 @@ def calc_phase_vectors(shifts_px: np.ndarray, ny: int, nx: int) -> tuple[np.ndar
 
 
 @njit(cache=True, parallel=True, nogil=True)
-def _apply_phase_vectors_inplace(spectra, py, px):
-    """spectra[i, y, x] *= py[i, y] · px[i, x]  (spectra: (n, y, x//2+1) complex64)."""
+def _shift_and_sum(spectra, py, px, total):
+    """spectra[i, y, x] *= py[i, y] · px[i, x] in place, and total = Σ_i spectra[i] (one pass).
+
+    spectra: (n, y, x//2+1) complex64; py (n, y), px (n, x//2+1) complex64; total (y, x//2+1) complex64.
+    """
     n, ny, nxh = spectra.shape
-    for job in prange(n * ny):
-        i = job // ny
-        y = job % ny
-        a = py[i, y]
+    for y in prange(ny):
         for x in range(nxh):
-            spectra[i, y, x] *= a * px[i, x]
+            total[y, x] = 0
+        for i in range(n):
+            a = py[i, y]
+            for x in range(nxh):
+                g = spectra[i, y, x] * (a * px[i, x])
+                spectra[i, y, x] = g
+                total[y, x] += g
 
 
-def calc_shifted_spectra_inplace(spectra: np.ndarray, shifts_px: np.ndarray, nx: int) -> None:
-    """Move each frame i of rfft2 spectra (n, y, x//2+1) by −shifts_px[i] (in place)."""
+def calc_shifted_spectra_inplace(spectra: np.ndarray, shifts_px: np.ndarray, nx: int,
+                                 total: np.ndarray | None = None) -> np.ndarray:
+    """Move each frame i of rfft2 spectra (n, y, x//2+1) by −shifts_px[i] (in place); returns their sum
+    (y, x//2+1), written into `total` when given."""
     py, px = calc_phase_vectors(shifts_px, spectra.shape[1], nx)
-    _apply_phase_vectors_inplace(spectra, py, px)
+    if total is None:
+        total = np.empty(spectra.shape[1:], np.complex64)
+    _shift_and_sum(spectra, py, px, total)
+    return total
 
 
 @njit(cache=True, parallel=True, nogil=True)
@@ -236,7 +247,7 @@ def _fit_peak_1d(vm, v0, vp):
     return 0.0
 
 
-@njit(cache=True, parallel=True, nogil=True)
+@njit(cache=True, nogil=True)
 def _find_peaks(cc, radius, out):
     """Sub-pixel peak position (dx, dy) of each CC map within |d| ≤ radius of the origin.
 
@@ -245,7 +256,7 @@ def _find_peaks(cc, radius, out):
     m, ny, nx = cc.shape
     ry = min(radius, ny // 2 - 1)
     rx = min(radius, nx // 2 - 1)
-    for j in prange(m):
+    for j in range(m):  # a few small windows: not worth a parallel loop (nor its compile time)
         best = -np.inf
         by = 0
         bx = 0
@@ -299,8 +310,8 @@ def calc_frame_shifts(spectra: np.ndarray, shape_yx: tuple[int, int], pixel_size
     converged = False
     chunk = max(1, min(chunk_frames, n))
     cross = np.empty((chunk, cy, cx // 2 + 1), np.complex64)
+    total = spectra.sum(axis=0)
     for _ in range(max_iterations):
-        total = spectra.sum(axis=0)
         update = np.empty((n, 2), np.float64)
         search = max(2, int(math.ceil(radius / scale.min())))
         for first in range(0, n, chunk):
@@ -314,7 +325,7 @@ def calc_frame_shifts(spectra: np.ndarray, shape_yx: tuple[int, int], pixel_size
             update[first:first + count] = -peaks * scale
         update -= update.mean(axis=0)  # keep the reference where it is
         shifts += update
-        calc_shifted_spectra_inplace(spectra, update, nx)
+        calc_shifted_spectra_inplace(spectra, update, nx, total)
         rms = float(np.sqrt(np.mean(np.sum(update * update, axis=1))))
         rms_history.append(rms)
         radius = max(2, min(radius, int(math.ceil(4.0 * np.abs(update).max())) + 2))

@@ -22,7 +22,7 @@ import numpy as np
 from numba import njit, prange
 
 from appion.motioncorrection.calc.internal.align import (AlignmentResult, calc_fast_size_below, calc_frame_shifts,
-                                                         calc_phase_vectors)
+                                                         calc_shifted_spectra_inplace)
 
 # Largest filter value left at the Nyquist frequency of the refinement's binned frames (see
 # calc_refinement_binning): 5 % of exp(−B k²/2) is where little signal is left to gain.
@@ -143,21 +143,6 @@ def _calc_cc_derivative_sums(spectra, total, filt, fy, fx, out):
         out[f, 4] = sxy
 
 
-@njit(cache=True, parallel=True, nogil=True)
-def _shift_and_sum(spectra, py, px, total):
-    """spectra[i, y, x] *= py[i, y] · px[i, x] in place, and total = Σ_i spectra[i] (one pass)."""
-    n, ny, nxh = spectra.shape
-    for y in prange(ny):
-        for x in range(nxh):
-            total[y, x] = 0
-        for i in range(n):
-            a = py[i, y]
-            for x in range(nxh):
-                g = spectra[i, y, x] * (a * px[i, x])
-                spectra[i, y, x] = g
-                total[y, x] += g
-
-
 def calc_newton_steps(sums: np.ndarray, max_step_px: float = NEWTON_MAX_STEP_PX) -> tuple[np.ndarray, np.ndarray]:
     """Newton steps to each frame's CC maximum from _calc_cc_derivative_sums' (n, 5): (steps (n, 2) [dx, dy]
     in pixels, each component clipped to ±max_step_px; ok (n,) bool: the Hessian was negative definite —
@@ -198,8 +183,7 @@ def calc_newton_shifts(spectra: np.ndarray, shape_yx: tuple[int, int], pixel_siz
         update = -peaks  # the others sit at +peak relative to the frame (as in calc_frame_shifts)
         update -= update.mean(axis=0)  # keep the reference where it is
         shifts += update
-        py, px = calc_phase_vectors(update, ny, nx)
-        _shift_and_sum(spectra, py, px, total)
+        calc_shifted_spectra_inplace(spectra, update, nx, total)
         rms = float(np.sqrt(np.mean(np.sum(update * update, axis=1))))
         history.append(rms)
         if rms < tolerance_px:
@@ -244,8 +228,7 @@ def calc_global_alignment(spectra: np.ndarray, shape_yx: tuple[int, int], factor
                                max(tolerance_px, 0.25) / unbinned_per_coarse, workers=workers)
     del coarse
     start = search.shifts_px * scale  # refinement pixels
-    py, px = calc_phase_vectors(start, shape_yx[0], shape_yx[1])
-    _shift_and_sum(spectra, py, px, np.empty(spectra.shape[1:], np.complex64))
+    calc_shifted_spectra_inplace(spectra, start, shape_yx[1])
     refinement = calc_newton_shifts(spectra, shape_yx, pixel_size_A * factor, bfactor_local_A2, max_iterations,
                                     tolerance_px / factor)
     shifts = (start + refinement.shifts_px) * factor
