@@ -34,10 +34,24 @@ def text_of(driver, css: str) -> str:
 
 
 def click_filter(driver, name: str) -> None:
-    driver.find_element("css selector", f'#filters a[data-show="{name}"]').click()
-    wait_for(lambda: driver.execute_script(
-        "return document.querySelector('#filters a.active') && document.querySelector('#filters a.active')"
-        ".dataset.show") == name, what=f"the {name} filter active")
+    """Click a filter and wait until it is the active one.  The click is repeated when it landed while the page
+    was still being replaced by the previous filter's (a busy machine): the element it hit was already gone."""
+    def active() -> bool:
+        return driver.execute_script(
+            "return document.querySelector('#filters a.active') && document.querySelector('#filters a.active')"
+            ".dataset.show") == name
+
+    for _ in range(4):
+        try:
+            driver.find_element("css selector", f'#filters a[data-show="{name}"]').click()
+        except Exception:  # stale or not yet there: the previous navigation is still going on
+            pass
+        try:
+            wait_for(active, timeout_s=5.0, what=f"the {name} filter active")
+            return
+        except BaseException:  # pytest.fail is an OutcomeException, not an Exception
+            continue
+    wait_for(active, what=f"the {name} filter active")
 
 
 def test_curated_session_in_a_browser(db, serve, chromium, tmp_path):
