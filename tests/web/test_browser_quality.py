@@ -49,7 +49,7 @@ def click_filter(driver, name: str) -> None:
         try:
             wait_for(active, timeout_s=5.0, what=f"the {name} filter active")
             return
-        except BaseException:  # pytest.fail is an OutcomeException, not an Exception
+        except pytest.fail.Exception:  # not active yet: click again
             continue
     wait_for(active, what=f"the {name} filter active")
 
