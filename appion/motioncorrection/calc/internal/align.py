@@ -18,13 +18,14 @@ from numba import njit, prange
 
 def calc_alignment_binning(shape_yx: tuple[int, int], pixel_size_A: float, bfactor_A2: float,
                            min_size_px: int = 512, large_size_px: int = 800) -> int:
-    """Integer box-binning factor for alignment.
+    """Integer binning factor of the coarse alignment work: the patches of local alignment are cut from the
+    aligned frames resampled to it, and the global search runs on them resampled at least this far.
 
-    The CC filter exp(−B k²/2) is below 1e-3 beyond k_max = sqrt(2·ln(1000)/B); pixels of
-    1/(2 k_max) Å keep everything the filter lets through.  Large frames are binned further,
-    down to about large_size_px on the shorter side (K3: 4092 -> 818): precision grows with the
-    number of pixels, so they can afford it, and it is what keeps alignment cheap.  The binned
-    image keeps at least min_size_px along its shorter side so patches still hold enough pixels.
+    The CC filter exp(−B k²/2) (global B) is below 1e-3 beyond k_max = sqrt(2·ln(1000)/B); pixels of
+    1/(2 k_max) Å keep everything the filter lets through.  Large frames are binned further, down to
+    about large_size_px on the shorter side (K3: 4092 -> 818), which keeps patch alignment cheap.  The
+    binned image keeps at least min_size_px along its shorter side so patches still hold enough pixels.
+    The sub-pixel refinement runs on finer frames (refine.calc_refinement_binning).
     """
     if bfactor_A2 <= 0:
         return 1
