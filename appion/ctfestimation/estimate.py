@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import sys
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from datetime import datetime
 from pathlib import Path
@@ -17,6 +16,7 @@ from appion.ctfestimation import inputs, outputs
 from appion.ctfestimation.calc import internal
 from appion.ctfestimation.calc.classic import CtffindHeader
 from appion.ctfestimation.calc.result import CtfResult
+from appion.base.warmup import hold_warm_up_lock
 
 ENGINE_VERSION = "appion-internal-1"
 
@@ -142,33 +142,6 @@ def estimate_ctf_file(image_path, out_txt_path, options: CtfOptions) -> CtfOutco
 # ------------------------------------------------------------------------------------ warm-up
 
 WARM_UP_SHAPE = 256  # a tiny micrograph: the engine runs on it in a fraction of a second once compiled
-
-
-@contextmanager
-def hold_warm_up_lock(name: str):
-    """One process at a time warms up engine `name` against a numba cache directory: concurrent workers of a
-    fresh install wait for the first one's compiled functions instead of compiling them again each (the lock
-    file sits in the cache directory, NUMBA_CACHE_DIR, shared by every node that shares it)."""
-    import fcntl
-    import tempfile
-
-    import numba
-
-    folder = Path(numba.config.CACHE_DIR or tempfile.gettempdir())
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        handle = open(folder / f".appion-warm-up-{name}.lock", "a")
-    except OSError:  # a read-only cache: nothing to coordinate
-        yield
-        return
-    try:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-        except OSError:  # a file system without locks
-            pass
-        yield
-    finally:
-        handle.close()
 
 
 def calc_warm_up_micrograph(pixel_size_A: float = 1.0, seed: int = 0):

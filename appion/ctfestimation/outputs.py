@@ -11,16 +11,14 @@ os.replace, so a reader never sees a partial file.
 """
 from __future__ import annotations
 
-import functools
-import importlib.util
 import io
-import math
-import os
 from pathlib import Path
 
 import numpy as np
 
 from appion.base.io.files import write_atomic, write_text_atomic
+from appion.base.io.plot import calc_ticks, format_tick  # noqa: F401 (tests read them here)
+from appion.base.io.plot import font as plot_font
 from appion.ctfestimation.calc.classic import AvrotData, CtffindHeader, format_avrot, format_ctffind_results
 from appion.ctfestimation.calc.internal import CtfFit
 from appion.ctfestimation.calc.result import CtfResult
@@ -48,40 +46,6 @@ COLORS = {"blue": (31, 119, 180), "orange": (255, 127, 14), "green": (44, 160, 4
           "black": (0, 0, 0), "grey": (128, 128, 128), "white": (255, 255, 255)}
 
 
-@functools.lru_cache(maxsize=16)
-def _font(size_px: int):
-    """A sans-serif FreeType font of size_px pixels (DejaVu Sans from matplotlib's data, else Pillow's own)."""
-    from PIL import ImageFont
-
-    spec = importlib.util.find_spec("matplotlib")
-    for folder in (spec.submodule_search_locations or []) if spec else []:
-        path = os.path.join(folder, "mpl-data", "fonts", "ttf", "DejaVuSans.ttf")
-        if os.path.exists(path):
-            return ImageFont.truetype(path, size_px)
-    return ImageFont.load_default(size_px)
-
-
-def calc_ticks(lo: float, hi: float, target: int = 6) -> tuple[np.ndarray, float]:
-    """Round tick values within [lo, hi] (steps 1, 2, 2.5 or 5 × 10ⁿ, about `target` of them) and the step."""
-    span = max(hi - lo, 1e-12)
-    raw = span / target
-    power = 10.0 ** math.floor(math.log10(raw))
-    step = next(m * power for m in (1.0, 2.0, 2.5, 5.0, 10.0) if m * power >= raw * 0.999)
-    first = math.ceil(lo / step - 1e-9)
-    values = (first + np.arange(int(math.floor(hi / step + 1e-9)) - first + 1)) * step
-    return values, step
-
-
-def format_tick(value: float, step: float) -> str:
-    """A tick label with as many decimals as the step needs, and a typographic minus."""
-    decimals = max(0, -math.floor(math.log10(step) + 1e-9)) + (1 if round(step / 10.0 ** math.floor(
-        math.log10(step) + 1e-9), 3) == 2.5 else 0)
-    text = f"{value:.{decimals}f}"
-    if float(text) == 0.0:
-        text = f"{0.0:.{decimals}f}"
-    return text.replace("-", "\u2212")
-
-
 class _Panel:
     """One plot's frame on the canvas: pixel box (left, top, right, bottom, at SCALE) and data limits."""
 
@@ -101,14 +65,14 @@ class _Panel:
 
 
 def _text(draw, xy, text: str, size: int, anchor: str, fill=COLORS["black"]) -> None:
-    draw.text(xy, text, font=_font(size * SCALE), anchor=anchor, fill=fill)
+    draw.text(xy, text, font=plot_font(size * SCALE), anchor=anchor, fill=fill)
 
 
 def _text_vertical(canvas, xy, text: str, size: int) -> None:
     """Text rotated 90° counter-clockwise, centred at xy (a y-axis label)."""
     from PIL import Image, ImageDraw
 
-    font = _font(size * SCALE)
+    font = plot_font(size * SCALE)
     left, top, right, bottom = font.getbbox(text)
     mask = Image.new("L", (right - left + 2, bottom - top + 2), 0)
     ImageDraw.Draw(mask).text((-left + 1, -top + 1), text, font=font, fill=255)
@@ -154,7 +118,7 @@ def _frame(canvas, draw, panel: _Panel, xlabel: str, ylabel: str, title: str, ti
         draw.line([(left - tick, py), (left, py)], fill=COLORS["black"], width=SCALE)
         label = format_tick(v, ystep)
         _text(draw, (left - tick - 2 * SCALE, py), label, tick_size, "rm")
-        label_width = max(label_width, draw.textlength(label, font=_font(tick_size * SCALE)))
+        label_width = max(label_width, draw.textlength(label, font=plot_font(tick_size * SCALE)))
     _text(draw, ((left + right) / 2, bottom + tick + (tick_size + 6) * SCALE), xlabel, label_size, "mt")
     _text_vertical(canvas, (left - tick - label_width - (4 + label_size * 0.7) * SCALE, (top + bottom) / 2),
                    ylabel, label_size)
@@ -234,7 +198,7 @@ def calc_diagnostic_png(fit: CtfFit, resmax_A: float, title: str = "") -> bytes:
 
 def _legend(draw, size: tuple[int, int], entries: list[tuple[str, float, float, str]], font_size: int = 9) -> None:
     """Line samples and labels in a framed box at the top right of a panel of pixel size `size`."""
-    font = _font(font_size * SCALE)
+    font = plot_font(font_size * SCALE)
     row = int(font_size * 1.5 * SCALE)
     sample = 22 * SCALE
     text_w = max(draw.textlength(label, font=font) for *_, label in entries)

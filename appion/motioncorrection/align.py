@@ -13,7 +13,6 @@ import threading
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,6 +20,7 @@ import numba
 import numpy as np
 import scipy.fft
 
+from appion.base.warmup import hold_warm_up_lock
 from appion.base.io import movies
 from appion.motioncorrection import inputs, outputs
 from appion.motioncorrection.calc import internal
@@ -367,30 +367,6 @@ def align_movie_file(movie_path, out_path, options: MotionOptions) -> MotionOutc
 WARM_UP_SHAPE_YX = (192, 256)  # small enough to align in a fraction of a second once compiled
 WARM_UP_FRAMES = 6
 
-
-@contextmanager
-def hold_warm_up_lock(name: str):
-    """One process at a time warms up engine `name` against a numba cache directory: concurrent workers of a
-    fresh install wait for the first one's compiled functions instead of compiling them again each (the lock
-    file sits in the cache directory, NUMBA_CACHE_DIR, shared by every node that shares it)."""
-    import fcntl
-    import tempfile
-
-    folder = Path(numba.config.CACHE_DIR or tempfile.gettempdir())
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        handle = open(folder / f".appion-warm-up-{name}.lock", "a")
-    except OSError:  # a read-only cache: nothing to coordinate
-        yield
-        return
-    try:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-        except OSError:  # a file system without locks
-            pass
-        yield
-    finally:
-        handle.close()
 
 
 def calc_warm_up_movie(dtype, seed: int = 0) -> np.ndarray:

@@ -16,10 +16,7 @@ pages upside down relative to tifffile, so there the Y sign flips back (measured
 """
 from __future__ import annotations
 
-import functools
-import importlib.util
 import io
-import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +26,8 @@ import mrcfile
 import numpy as np
 
 from appion.base.io.files import make_temp_path, write_atomic
+from appion.base.io.plot import calc_ticks, format_tick
+from appion.base.io.plot import font as plot_font
 from appion.motioncorrection.calc.internal import calc_motion_summary, calc_poly_basis
 
 RELION_FLIPPED_FORMATS = ("tiff", "eer")
@@ -235,40 +234,10 @@ def write_appion_log(path, text: str) -> Path:
 # ----------------------------------------------------------------------------------------- plot
 
 # Drawn directly with Pillow (a matplotlib dependency): ~20 ms instead of matplotlib's ~0.3 s plus its
-# import.  The few drawing helpers are the same as the CTF diagnostic's (appion.ctfestimation.outputs);
-# steps do not import each other, so they would move to appion.base together.
+# import.  The drawing helpers both steps use are appion.base.io.plot.
 PLOT_SCALE = 2  # drawn at twice the size, then averaged down: antialiased lines and text
 VIRIDIS = np.array([(68, 1, 84), (72, 40, 120), (62, 74, 137), (49, 104, 142), (38, 130, 142), (31, 158, 137),
                     (53, 183, 121), (109, 205, 89), (180, 222, 44), (253, 231, 37)], float)
-
-
-@functools.lru_cache(maxsize=8)
-def _font(size_px: int):
-    """A sans-serif FreeType font of size_px pixels (DejaVu Sans from matplotlib's data, else Pillow's own)."""
-    from PIL import ImageFont
-
-    spec = importlib.util.find_spec("matplotlib")
-    for folder in (spec.submodule_search_locations or []) if spec else []:
-        path = os.path.join(folder, "mpl-data", "fonts", "ttf", "DejaVuSans.ttf")
-        if os.path.exists(path):
-            return ImageFont.truetype(path, size_px)
-    return ImageFont.load_default(size_px)
-
-
-def calc_ticks(lo: float, hi: float, target: int = 6) -> tuple[np.ndarray, float]:
-    """Round tick values within [lo, hi] (steps 1, 2, 2.5 or 5 × 10ⁿ, about `target` of them) and the step."""
-    raw = max(hi - lo, 1e-12) / target
-    power = 10.0 ** math.floor(math.log10(raw))
-    step = next(m * power for m in (1.0, 2.0, 2.5, 5.0, 10.0) if m * power >= raw * 0.999)
-    first = math.ceil(lo / step - 1e-9)
-    return (first + np.arange(int(math.floor(hi / step + 1e-9)) - first + 1)) * step, step
-
-
-def _tick_label(value: float, step: float) -> str:
-    decimals = max(0, -math.floor(math.log10(step) + 1e-9))
-    decimals += 1 if round(step / 10.0 ** math.floor(math.log10(step) + 1e-9), 3) == 2.5 else 0
-    text = f"{value:.{decimals}f}"
-    return (f"{0.0:.{decimals}f}" if float(text) == 0.0 else text).replace("-", "\u2212")
 
 
 def calc_viridis(t: np.ndarray) -> np.ndarray:
@@ -279,14 +248,14 @@ def calc_viridis(t: np.ndarray) -> np.ndarray:
 
 
 def _text(draw, xy, text: str, size: int, anchor: str) -> None:
-    draw.text(xy, text, font=_font(size * PLOT_SCALE), anchor=anchor, fill=(0, 0, 0))
+    draw.text(xy, text, font=plot_font(size * PLOT_SCALE), anchor=anchor, fill=(0, 0, 0))
 
 
 def _text_vertical(canvas, xy, text: str, size: int) -> None:
     """Text rotated 90° counter-clockwise, centred at xy (an axis label)."""
     from PIL import Image, ImageDraw
 
-    font = _font(size * PLOT_SCALE)
+    font = plot_font(size * PLOT_SCALE)
     left, top, right, bottom = font.getbbox(text)
     mask = Image.new("L", (right - left + 2, bottom - top + 2), 0)
     ImageDraw.Draw(mask).text((-left + 1, -top + 1), text, font=font, fill=255)
@@ -346,12 +315,12 @@ def calc_shift_plot_png(displacements_px: np.ndarray, pixel_size_A: float, first
         x = px(v, 0.0)[0]
         draw.line([(x, top * S), (x, bottom * S)], fill=(225, 225, 225), width=S)
         draw.line([(x, bottom * S), (x, (bottom + 4) * S)], fill=(0, 0, 0), width=S)
-        _text(draw, (x, (bottom + 6) * S), _tick_label(v, xstep), 12, "mt")
+        _text(draw, (x, (bottom + 6) * S), format_tick(v, xstep), 12, "mt")
     for v in yt:
         y = px(0.0, v)[1]
         draw.line([(left * S, y), (right * S, y)], fill=(225, 225, 225), width=S)
         draw.line([((left - 4) * S, y), (left * S, y)], fill=(0, 0, 0), width=S)
-        _text(draw, ((left - 6) * S, y), _tick_label(v, ystep), 12, "rm")
+        _text(draw, ((left - 6) * S, y), format_tick(v, ystep), 12, "rm")
     draw.rectangle((left * S, top * S, right * S, bottom * S), outline=(0, 0, 0), width=S)
     _text(draw, ((left + right) / 2 * S, (bottom + 24) * S), "x drift (Å)", 13, "mt")
     _text_vertical(canvas, ((left - 52) * S, (top + bottom) / 2 * S), "y drift (Å)", 13)
@@ -376,7 +345,7 @@ def calc_shift_plot_png(displacements_px: np.ndarray, pixel_size_A: float, first
     for v in ticks:
         yb = (bottom - (v - lo) / (hi - lo) * h) * S
         draw.line([(bar_right * S, yb), ((bar_right + 4) * S, yb)], fill=(0, 0, 0), width=S)
-        _text(draw, ((bar_right + 6) * S, yb), _tick_label(v, max(tstep, 1.0)), 12, "lm")
+        _text(draw, ((bar_right + 6) * S, yb), format_tick(v, max(tstep, 1.0)), 12, "lm")
     _text_vertical(canvas, ((bar_right + 52) * S, (top + bottom) / 2 * S), "frame (0-based)", 13)
 
     out = io.BytesIO()
