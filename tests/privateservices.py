@@ -181,6 +181,11 @@ class PrivateMariaDB:
     def pid(self) -> int | None:
         return pid_from_file(self.pid_file, str(self.datadir))
 
+    def _server_env(self) -> dict[str, str]:
+        """The server's environment: its temporary files go to its own directory (writable by user mysql), not to
+        the caller's TMPDIR, which may be a directory only the caller can write (CI's per-run directory)."""
+        return {**os.environ, "TMPDIR": str(self.dir)}
+
     def _install(self) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
         args = [find_program("mariadb-install-db"), "--no-defaults", f"--datadir={self.datadir}",
@@ -188,7 +193,7 @@ class PrivateMariaDB:
         if _is_root():
             os.chown(self.dir, pwd.getpwnam("mysql").pw_uid, -1)  # mariadbd runs as mysql and writes here
             args.append("--user=mysql")
-        result = subprocess.run(args, capture_output=True, text=True)
+        result = subprocess.run(args, capture_output=True, text=True, env=self._server_env())
         if result.returncode != 0:
             raise ServiceError(f"mariadb-install-db failed in {self.datadir}:\n{result.stdout[-1500:]}"
                                f"{result.stderr[-1500:]}")
@@ -201,11 +206,12 @@ class PrivateMariaDB:
             self._install()
         args = [find_program("mariadbd"), "--no-defaults", f"--datadir={self.datadir}", f"--port={self.port}",
                 f"--socket={self.socket}", f"--pid-file={self.pid_file}", f"--bind-address={self.host}",
-                f"--log-error={self.log}", "--skip-log-bin", "--innodb-buffer-pool-size=64M"]
+                f"--log-error={self.log}", f"--tmpdir={self.dir}", "--skip-log-bin",
+                "--innodb-buffer-pool-size=64M"]
         if _is_root():
             args.insert(2, "--user=mysql")
         self._proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                      stderr=subprocess.DEVNULL, start_new_session=True)
+                                      stderr=subprocess.DEVNULL, start_new_session=True, env=self._server_env())
         if self._reaper is None or self._reaper.poll() is not None:
             self._reaper = _start_reaper("mariadb", self.dir)
         up = _wait(lambda: self._proc.poll() is not None or (self.pid is not None and self.ping()), timeout_s)

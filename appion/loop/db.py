@@ -9,65 +9,43 @@ import math
 import time
 from pathlib import Path
 
+from appion.base.db.retry import DatabaseRetry as BaseDatabaseRetry
 from appion.base.db.retry import close_db_connections, db_errors  # noqa: F401 (the loop's names for them)
 from appion.base.exposure import ExposureInput
 from appion.base.session import retrieve as r
-from appion.loop.calc import calc_epoch, one_line
+from appion.loop.calc import calc_epoch
 
 log = logging.getLogger("appion.loop")
 
 
-class DatabaseRetry:
-    """Run database work, waiting out outages: on OperationalError/InterfaceError close the connections,
-    back off (0.5 s doubling to 10 s) and try again.  Logs the outage once and its end.
-
-    Gives up (re-raising the database error) when `should_give_up()` says so (checked between attempts and
-    every 0.2 s while backing off: a stop request whose grace has run out), or when the database has not
-    answered once since this object was made and `start_wait_s` have passed (a mistyped host or port must
-    not make a loop wait forever).
-    """
+class DatabaseRetry(BaseDatabaseRetry):
+    """appion.base.db.retry.DatabaseRetry (waits out outages, gives up when `should_give_up()` says so: a stop
+    request whose grace has run out), which also gives up when the database has not answered once since this
+    object was made and `start_wait_s` have passed: a mistyped host or port must not make a loop wait forever."""
 
     def __init__(self, should_give_up=lambda: False, start_wait_s: float | None = None):
-        self.should_give_up = should_give_up
+        self.stop_asked = should_give_up
         self.start_wait_s = start_wait_s
         self.created = time.monotonic()
         self.answered = False
-        self.outage_started: float | None = None
-        self.outages = 0
+        super().__init__(should_give_up=self._give_up, report=log.warning)
 
     def _give_up(self) -> bool:
-        if self.should_give_up():
+        if self.stop_asked():
             return True
         return (not self.answered and self.start_wait_s is not None
                 and time.monotonic() - self.created >= self.start_wait_s)
 
     def __call__(self, fn, *args, what: str = "database work", **kwargs):
-        delay = 0.5
-        errors = db_errors()
-        while True:
-            try:
-                result = fn(*args, **kwargs)
-            except errors as exc:
-                if self.outage_started is None:
-                    self.outage_started = time.monotonic()
-                    self.outages += 1
-                    log.warning("database unavailable during %s (%s); waiting and reconnecting", what, one_line(exc))
-                close_db_connections()
-                if self._give_up():
-                    if not self.answered:
-                        log.error("the database did not answer since the start (%.0f s); giving up",
-                                  time.monotonic() - self.created)
-                    raise
-                until = time.monotonic() + delay
-                while time.monotonic() < until and not self._give_up():
-                    time.sleep(min(0.2, max(0.0, until - time.monotonic())))
-                delay = min(10.0, delay * 2)
-                continue
-            self.answered = True
-            if self.outage_started is not None:
-                log.warning("database reachable again after %.1f s; continuing", time.monotonic() - self.outage_started)
-                self.outage_started = None
-            return result
+        try:
+            result = super().__call__(fn, *args, what=what, **kwargs)
+        except db_errors():
+            if not self.answered:
+                log.error("the database did not answer since the start (%.0f s); giving up",
+                          time.monotonic() - self.created)
+            raise
+        self.answered = True
+        return result
 
 
 class MissingPhysics(ValueError):
