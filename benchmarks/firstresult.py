@@ -102,10 +102,12 @@ def run_once(movie: Path, delay_s: float, frames: int, threads_per_task: int, wo
     log.close()
     if "ctf" not in found:
         print((workdir / f"loop-{delay_s:g}.log").read_text()[-3000:], file=sys.stderr)
+    text = (workdir / f"loop-{delay_s:g}.log").read_text(errors="replace")
+    lines = [line for line in text.splitlines() if "warmed up" in line or movie.name.split(".")[0] in line]
     compiled = sorted(p.name for p in cache.rglob("*.nbc")) if cache.exists() else []
     return {"delay_s": delay_s, "motion_s": found.get("motion", float("nan")) - landed,
             "ctf_s": found.get("ctf", float("nan")) - landed, "compiled": len(compiled),
-            "loop_start_to_land_s": landed - t_start}
+            "loop_start_to_land_s": landed - t_start, "log_lines": lines}
 
 
 def main(argv=None) -> int:
@@ -116,6 +118,7 @@ def main(argv=None) -> int:
     p.add_argument("--threads-per-task", type=int, default=1)
     p.add_argument("--movies", type=Path, default=Path(tempfile.gettempdir()) / "appion-bench-movies",
                    help="where the simulated movie is kept between runs")
+    p.add_argument("--show-log", action="store_true", help="print the loop's lines about the movie and the warm-up")
     args = p.parse_args(argv)
     args.movies.mkdir(parents=True, exist_ok=True)
     movie = make_movie(args.movies, args.size, args.frames)
@@ -128,6 +131,8 @@ def main(argv=None) -> int:
                   f"started, empty numba cache: motion row after {r['motion_s']:.1f} s, CTF row after "
                   f"{r['ctf_s']:.1f} s (target ≤ {TARGET_S:g} s); {r['compiled']} compiled functions cached "
                   f"(load average before: {load[0]:.2f}, {os.cpu_count()} cores)", flush=True)
+            if args.show_log:
+                print("\n".join("    " + line for line in r["log_lines"]), flush=True)
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
     return 0

@@ -15,7 +15,8 @@ from urllib.parse import unquote
 
 CONFIG_ENV = "APPION_CONFIG"
 DATABASE_KEYS = ("url", "leginon", "project", "appion")
-PATHS_KEYS = ("appion_base",)
+PATHS_KEYS = ("appion_base", "numba_cache")
+NUMBA_CACHE_ENV = "NUMBA_CACHE_DIR"
 HOME_ENV = "APPION_HOME"
 
 
@@ -52,6 +53,8 @@ class AppionConfig:
     appion: DatabaseURL | None  # None: found per project through processingdb
     appion_base: Path  # run directories: <appion_base>/<session>/<ddstack|ctf|recon>/<run>
     source: str  # where the settings came from, for messages
+    # compiled numba functions, shared by the loop's workers (on a cluster: a directory every node sees)
+    numba_cache: Path | None = None
     extra: dict = field(default_factory=dict, repr=False)  # other sections, e.g. [hosts], [jobs]
 
     @property
@@ -160,7 +163,24 @@ def load_config(path: Path | None = None) -> AppionConfig:
     if leginon.engine == "sqlite" and len({u.name for u in urls}) > 1:
         raise ConfigError(f"{where}: with SQLite, leginon, project and appion share one file")
     base = env("APPION_BASE") or paths.get("appion_base") or "runs"
+    numba_cache = env(NUMBA_CACHE_ENV) or paths.get("numba_cache") or "numba-cache"
     extra = {k: v for k, v in data.items() if k not in ("database", "paths")}
     return AppionConfig(home=home, leginon=leginon, project=project, appion=appion,
                         appion_base=(home / os.path.expanduser(str(base))).resolve(),
-                        source=str(path) if path.exists() else "defaults", extra=extra)
+                        source=str(path) if path.exists() else "defaults",
+                        numba_cache=(home / os.path.expanduser(str(numba_cache))).resolve(), extra=extra)
+
+
+def set_numba_cache_dir() -> None:
+    """Point numba's cache at the configured directory (`[paths] numba_cache`, default
+    $APPION_HOME/numba-cache; NUMBA_CACHE_DIR in the environment wins), before numba is imported.  Worker
+    processes inherit it (LocalCluster) or get it in their job script (dask-jobqueue), so every worker loads what
+    one of them compiled.  A broken config is left for the command to report."""
+    if os.environ.get(NUMBA_CACHE_ENV):
+        return
+    try:
+        config = load_config()
+    except ConfigError:
+        return
+    if config.numba_cache is not None:
+        os.environ[NUMBA_CACHE_ENV] = str(config.numba_cache)

@@ -15,7 +15,7 @@ import os
 import sys
 from collections.abc import Callable
 
-from appion.base.config import CONFIG_ENV
+from appion.base.config import CONFIG_ENV, set_numba_cache_dir
 
 
 class Command:
@@ -47,7 +47,8 @@ def needs_database(func) -> bool:
 
 
 def take_config(argv: list[str]) -> list[str]:
-    """`--config FILE` may appear anywhere; it selects the config before anything touches the database."""
+    """`--config FILE` may appear anywhere; it selects the config before anything touches the database (and sets
+    the numba cache directory it names, before numba is imported: appion.base.config.set_numba_cache_dir)."""
     out, i = [], 0
     while i < len(argv):
         a = argv[i]
@@ -61,6 +62,7 @@ def take_config(argv: list[str]) -> list[str]:
             continue
         out.append(a)
         i += 1
+    set_numba_cache_dir()
     return out
 
 

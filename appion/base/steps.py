@@ -68,7 +68,7 @@ class Engine:
     the loop process, e.g. asking an installed program); it enters the memo key, so a new version
     recomputes this step and what follows it.  needs: services a task of this engine leases (e.g.
     "gpu").  test_only: an engine for tests and benchmarks (no real computation): its results are
-    never stored in the classic tables.
+    never stored in the classic tables.  modules, warm_up: what a worker does before its first task.
     """
 
     name: str
@@ -77,6 +77,10 @@ class Engine:
     needs: tuple[str, ...] = ()
     test_only: bool = False
     modules: tuple[str, ...] = ()  # heavy modules a worker imports before its first task (warm-up)
+    # Run once in each worker before its first task, stage after stage (`() -> {case: seconds}` each), compiling
+    # (or loading from the shared numba cache) what the engine's task runs: the first stage the common path, so
+    # the first exposure pays no compilation; a worker runs every engine's first stage before any second one.
+    warm_up: tuple[Lazy, ...] = ()
 
     def calc_version(self, settings) -> str:
         if isinstance(self.version, Lazy):

@@ -160,7 +160,12 @@ def calc_warm_up_micrograph(pixel_size_A: float = 1.0, seed: int = 0):
     return (image + 0.5 * rng.standard_normal((n, n)) + 10.0).astype(np.float32)
 
 
-def warm_up_engines(work_dir=None) -> dict[str, float]:
+def warm_up_common_path(work_dir=None) -> dict[str, float]:
+    """warm_up_engines without the phase-shift search: a worker's first stage (appion.base.steps.Engine)."""
+    return warm_up_engines(work_dir, phases=(False,))
+
+
+def warm_up_engines(work_dir=None, phases: tuple[bool, ...] = (False, True)) -> dict[str, float]:
     """Compile, or load from the numba cache, every numba function of the estimator before the first image.
 
     Estimates a tiny synthetic micrograph through estimate_ctf_file (every output written, the diagnostic
@@ -176,7 +181,7 @@ def warm_up_engines(work_dir=None) -> dict[str, float]:
     with hold_warm_up_lock("ctf"), tempfile.TemporaryDirectory(prefix="appion-warm-up-", dir=work_dir) as tmp:
         image = Path(tmp) / "micrograph.mrc"
         write_mrc(image, calc_warm_up_micrograph(), 1.0)
-        for phase in (False, True):
+        for phase in phases:
             options = CtfOptions(pixel_size_A=1.0, voltage_kV=300.0, cs_mm=2.7, amplitude_contrast=0.07, box=64,
                                  resmin_A=30.0, resmax_A=5.0, dfmin_A=5000.0, dfmax_A=30000.0, dfstep_A=500.0,
                                  find_phase_shift=phase, phase_step_rad=0.5)

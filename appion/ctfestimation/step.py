@@ -17,7 +17,9 @@ _ROWS = "appion.ctfestimation.steprows"
 ENGINES = {
     "builtin": Engine("builtin", "appion's own estimator (tiled spectrum, 1D search + 2D refinement)",
                       version=Lazy("appion.base.versions", "calc_appion_version"),
-                      modules=("appion.ctfestimation.estimate",)),
+                      modules=("appion.ctfestimation.estimate",),
+                      warm_up=(Lazy("appion.ctfestimation.estimate", "warm_up_common_path"),
+                               Lazy("appion.ctfestimation.estimate", "warm_up_engines"))),
     "ctffind4": Engine("ctffind4", "CTFFIND 4/5 driven through its prompts",
                        version=Lazy(_TASK, "calc_engine_version")),
     "gctf": Engine("gctf", "Gctf (GPU)", version=Lazy(_TASK, "calc_engine_version"), needs=("gpu",)),

@@ -50,7 +50,7 @@ from appion.loop.db import DatabaseRetry, db_errors, retrieve_exposure_inputs, r
 from appion.loop.records import LoopSettings, LoopSummary, Work, user_errors  # noqa: F401 (the loop's API)
 from appion.loop.alerts import LoopAlerts
 from appion.loop.runsetup import RunSetup
-from appion.loop.tasks import TaskSpec, run_step_task, warm_up_plugin
+from appion.loop.tasks import TaskSpec, run_step_task, start_warm_up, warm_up_plugin
 from appion.workflow.calc import CANCELLED, COMPLETED, WAITING, AllOf, Is, calc_decision
 from appion.workflow.calc import FAILED as WF_FAILED
 from appion.workflow.calc import RUNNING as WF_RUNNING
@@ -59,6 +59,7 @@ log = logging.getLogger("appion.loop")
 
 TILT_CHOICES = ("all", "notilt", "hightilt", "lowtilt", "minustilt", "plustilt")
 TERMINAL = (COMPLETED, WF_FAILED, CANCELLED)
+
 
 
 class Loop(RunSetup, LoopAlerts):
@@ -485,7 +486,8 @@ class Loop(RunSetup, LoopAlerts):
             try:
                 modules = tuple(mod for n in self.order for mod in (self.defs[n].task_for(self.engines[n].name).module,
                                                                    *self.engines[n].modules))
-                self.client.register_plugin(warm_up_plugin(modules))
+                warm_ups = tuple(tuple(self.engines[n].warm_up) for n in self.order)
+                start_warm_up(self.client, warm_up_plugin(modules, warm_ups))
             except Exception as exc:  # only an optimisation
                 log.warning("could not warm up the workers: %s", one_line(exc))
             dashboard = describe_dashboard(self.client)

@@ -392,15 +392,23 @@ def prepare_worker_process() -> None:
     set_malloc_keeps_freed_memory()
 
 
-def warm_up_engines(work_dir=None, prepare_process: bool = True) -> dict[str, float]:
+def warm_up_common_path(work_dir=None) -> dict[str, float]:
+    """warm_up_engines for the usual first movie only (an 8-bit integer TIFF: global shifts, exposure weighting,
+    gain): a worker's first stage, before the other engines' (see appion.base.steps.Engine.warm_up)."""
+    return warm_up_engines(work_dir, cases=("uint8",))
+
+
+def warm_up_engines(work_dir=None, prepare_process: bool = True,
+                    cases: tuple[str, ...] = ("uint8", "uint16", "float32")) -> dict[str, float]:
     """Prepare a worker before its first movie: prepare_worker_process() (unless prepare_process is False),
     then compile, or load from the numba cache, every numba function of the engine.
 
     Aligns tiny synthetic movies through align_movie_file, one per code path a movie can take: an 8-bit and
     a 16-bit integer TIFF (frames kept as stored; global shifts; exposure weighting; gain; classic log) and
     a float32 MRC with a defect map (decoded frames; local patch model); EER movies take the integer
-    path.  Outputs go to a temporary directory (or `work_dir`) and are removed.  Returns the seconds each
-    case took (≈ 0.1 s each from a warm cache; tens of seconds on a fresh install, once per cache directory).
+    path.  cases: which of them ("uint8", "uint16", "float32").  Outputs go to a temporary directory (or
+    `work_dir`) and are removed.  Returns the seconds each case took (≈ 0.1 s each from a warm cache; tens of
+    seconds on a fresh install, once per cache directory).
     """
     import tempfile
 
@@ -420,18 +428,22 @@ def warm_up_engines(work_dir=None, prepare_process: bool = True) -> dict[str, fl
             bad = np.zeros(WARM_UP_SHAPE_YX, np.int8)
             bad[:, 7] = 1
             mrc.set_data(bad)
-        cases = []
+        runs = []
         for dtype in (np.uint8, np.uint16):
+            if np.dtype(dtype).name not in cases:
+                continue
             path = folder / f"movie-{np.dtype(dtype).name}.tif"
             tifffile.imwrite(path, calc_warm_up_movie(dtype), compression="lzw")
-            cases.append((path, MotionOptions(pixel_size_A=1.0, gain_path=str(gain), dose_per_frame_e_per_A2=2.0,
-                                              appion_log=True, threads=numba.config.NUMBA_NUM_THREADS)))
-        path = folder / "movie-float32.mrc"
-        with mrcfile.new(path) as mrc:
-            mrc.set_data(calc_warm_up_movie(np.float32))
-        cases.append((path, MotionOptions(pixel_size_A=1.0, defects_path=str(defects), patch_cols=2, patch_rows=2,
-                                          dose_per_frame_e_per_A2=2.0, threads=numba.config.NUMBA_NUM_THREADS)))
-        for path, options in cases:
+            runs.append((path, MotionOptions(pixel_size_A=1.0, gain_path=str(gain), dose_per_frame_e_per_A2=2.0,
+                                             appion_log=True, threads=numba.config.NUMBA_NUM_THREADS)))
+        if "float32" in cases:
+            path = folder / "movie-float32.mrc"
+            with mrcfile.new(path) as mrc:
+                mrc.set_data(calc_warm_up_movie(np.float32))
+            runs.append((path, MotionOptions(pixel_size_A=1.0, defects_path=str(defects), patch_cols=2,
+                                             patch_rows=2, dose_per_frame_e_per_A2=2.0,
+                                             threads=numba.config.NUMBA_NUM_THREADS)))
+        for path, options in runs:
             t0 = time.perf_counter()
             align_movie_file(path, folder / (path.stem + "-aligned.mrc"), options)
             seconds[path.suffix[1:] + "-" + path.stem.split("-")[1]] = time.perf_counter() - t0

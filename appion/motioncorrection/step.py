@@ -15,7 +15,9 @@ _ROWS = "appion.motioncorrection.steprows"
 ENGINES = {
     "builtin": Engine("builtin", "appion's own global + patch alignment (CPU, numba)",
                       version=Lazy("appion.base.versions", "calc_appion_version"),
-                      modules=("appion.base.io.movies", "appion.motioncorrection.align")),
+                      modules=("appion.base.io.movies", "appion.motioncorrection.align"),
+                      warm_up=(Lazy("appion.motioncorrection.align", "warm_up_common_path"),
+                               Lazy("appion.motioncorrection.align", "warm_up_engines"))),
     "motioncor2": Engine("motioncor2", "UCSF MotionCor2 (GPU; -InMrc/-InTiff/-InEer)",
                          version=Lazy(_TASK, "calc_engine_version"), needs=("gpu",)),
     "motioncor3": Engine("motioncor3", "MotionCor3 (GPU; MotionCor2's options)",
@@ -35,6 +37,11 @@ def add_options(p: argparse.ArgumentParser) -> None:
                    help="do not write the dose-weighted sum (-DW)")
     g.add_argument("--alignlabel", default="a", help="classic label of the aligned images (<movie>-a, <movie>-a-DW)")
     g.add_argument("--patches", default="0,0", help="local motion patches COLS,ROWS (0,0 = global only)")
+    g.add_argument("--eer-grouping", type=int, default=1, metavar="N",
+                   help="EER movies: raw frames per aligned fraction (classic --rendered_frame_size; the dose per "
+                        "fraction is N raw frames' dose)")
+    g.add_argument("--eer-sampling", type=int, default=1, choices=(1, 2, 4),
+                   help="EER movies: render at 1 (4096²), 2 (8192²) or 4× the physical pixels")
 
 
 def settings_from_args(args: argparse.Namespace) -> MotionSettings:
@@ -42,8 +49,11 @@ def settings_from_args(args: argparse.Namespace) -> MotionSettings:
         cols, rows = (int(x) for x in args.patches.split(","))
     except ValueError:
         raise StepError(f"--patches {args.patches!r} is not COLS,ROWS") from None
+    if args.eer_grouping < 1:
+        raise StepError(f"--eer-grouping {args.eer_grouping} must be at least 1")
     return MotionSettings(engine=args.engine_motion, bin=args.bin, doseweight=args.doseweight,
                           alignlabel=args.alignlabel, patches=(cols, rows), executable=args.motion_exe,
+                          rendered_frame_size=args.eer_grouping, eer_sampling=args.eer_sampling,
                           threads=getattr(args, "threads_per_task", 1))
 
 

@@ -102,14 +102,25 @@ def check_movie_frames(inp: ExposureInput) -> tuple[int, int]:
     return before
 
 
-def calc_dose_per_frame(inp: ExposureInput, settings: MotionSettings) -> float | None:
-    """e/Å² per frame for dose weighting (None: no dose known, or dose weighting off)."""
+def calc_total_dose(inp: ExposureInput, settings: MotionSettings) -> float | None:
+    """e/Å² over the whole movie for dose weighting (None: no dose known, or dose weighting off)."""
     if not settings.doseweight:
         return None
-    total = settings.total_dose_e_per_A2 or inp.dose_e_per_A2
+    return settings.total_dose_e_per_A2 or inp.dose_e_per_A2 or None
+
+
+def calc_dose_per_frame(inp: ExposureInput, settings: MotionSettings) -> float | None:
+    """e/Å² per frame the engine aligns, for dose weighting (None: no dose known, or dose weighting off).
+
+    inp.n_frames counts the frames as stored; an EER movie stores raw frames and is aligned in fractions of
+    `settings.rendered_frame_size` raw frames each, so its dose per fraction is that many raw frames' dose."""
+    total = calc_total_dose(inp, settings)
     if not total or not inp.n_frames:
         return None
-    return total / inp.n_frames
+    per_stored_frame = total / inp.n_frames
+    if str(inp.movie_path).lower().endswith(".eer"):
+        return per_stored_frame * max(1, int(settings.rendered_frame_size))
+    return per_stored_frame
 
 
 def run_motion_task(task: StepInput, settings: MotionSettings) -> MotionRecord:
@@ -251,7 +262,8 @@ def run_motion_engine(inp: ExposureInput, settings: MotionSettings, out_path: Pa
             tolerance_px=settings.tolerance_px, patch_cols=settings.patches[0], patch_rows=settings.patches[1],
             bfactor_global=settings.bfactor_global_A2, bfactor_local=settings.bfactor_local_A2,
             gpu_ids=gpu_ids, dose_weight=dose_per_frame is not None,
-            total_dose_e_per_A2=(dose_per_frame or 0.0) * (inp.n_frames or 0) or None, gain_path=inp.gain_path,
+            total_dose_e_per_A2=calc_total_dose(inp, settings) if dose_per_frame is not None else None,
+            gain_path=inp.gain_path,
             dark_path=inp.dark_path, gain_rotate=inp.frame_rotate, gain_flip=inp.frame_flip,
             rendered_frame_size=settings.rendered_frame_size, eer_sampling=settings.eer_sampling,
             defect_map_path=write_defect_map(inp, out_path.parent))

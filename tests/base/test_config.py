@@ -151,3 +151,34 @@ def test_misspelt_database_key_is_an_error_not_sqlite(tmp_path, monkeypatch):
     (tmp_path / "config.toml").write_text('[database]\nleginondb = "mysql://u@h/leg"\n')
     with pytest.raises(ConfigError, match="unknown key 'leginondb' in \\[database\\]"):
         load_config()
+
+
+def test_numba_cache_directory_from_config_home_or_environment(tmp_path, monkeypatch):
+    """`[paths] numba_cache` (relative: under APPION_HOME; default APPION_HOME/numba-cache); NUMBA_CACHE_DIR wins."""
+    monkeypatch.setenv("APPION_HOME", str(tmp_path))
+    monkeypatch.delenv("APPION_CONFIG", raising=False)
+    monkeypatch.delenv("NUMBA_CACHE_DIR", raising=False)
+    assert load_config().numba_cache == tmp_path / "numba-cache"
+    (tmp_path / "config.toml").write_text('[paths]\nnumba_cache = "/shared/appion/numba"\n')
+    assert load_config().numba_cache == Path("/shared/appion/numba")
+    monkeypatch.setenv("NUMBA_CACHE_DIR", "/scratch/nb")
+    assert load_config().numba_cache == Path("/scratch/nb")
+
+
+def test_commands_point_numba_at_the_configured_cache_before_importing_it(tmp_path):
+    """take_config() (every command's first step) sets NUMBA_CACHE_DIR from the config named by --config, so
+    numba, imported later, caches there; a NUMBA_CACHE_DIR already set is kept."""
+    config = tmp_path / "site.toml"
+    config.write_text(f'[paths]\nnumba_cache = "{tmp_path / "shared-cache"}"\n')
+    code = ("import sys; from appion.base.entry import take_config; take_config(sys.argv[1:]); "
+            "import numba; print(numba.config.CACHE_DIR)")
+    env = {k: v for k, v in os.environ.items() if k not in ("NUMBA_CACHE_DIR", "APPION_CONFIG")}
+    env["APPION_HOME"] = str(tmp_path / "home")
+    out = subprocess.run(["python3", "-c", code, "--config", str(config)], env=env, capture_output=True, text=True,
+                         check=True).stdout.strip()
+    assert out == str(tmp_path / "shared-cache")
+    out = subprocess.run(["python3", "-c", code], env=env, capture_output=True, text=True, check=True).stdout.strip()
+    assert out == str(tmp_path / "home" / "numba-cache")
+    out = subprocess.run(["python3", "-c", code, "--config", str(config)], env={**env, "NUMBA_CACHE_DIR": "/x/nb"},
+                         capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "/x/nb"
