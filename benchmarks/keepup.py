@@ -135,7 +135,7 @@ def _pct(values: list[float], q: float) -> float:
 
 
 def run_loop(home: Path, session: str, runname: str, threads: int, grouping: int, idle_s: float) -> None:
-    """`appion loop` over the session in this process (the settings the command line cannot give: grouping)."""
+    """`appion loop` over the session in this process (motion settings as `appion loop --eer-grouping N` gives)."""
     from appion.ctfestimation.records import CtfSettings
     from appion.loop import core as loop
     from appion.loop.cluster import ClusterSettings
