@@ -30,7 +30,10 @@ from appion.base.io.plot import calc_ticks, format_tick
 from appion.base.io.plot import font as plot_font
 from appion.motioncorrection.calc.internal import calc_motion_summary, calc_poly_basis
 
-RELION_FLIPPED_FORMATS = ("tiff", "eer")
+# Movie kinds RELION reads with the y axis reversed (TIFF only; EER is rendered in stream order): the same rule as
+# calc.external.relion.calc_displacement_from_relion_shifts, which reads RELION's STAR files back.
+RELION_FLIPPED_FORMATS = ("tiff",)
+
 
 
 def write_outputs(writers: list[tuple[Path, Callable[[Path], None]]]) -> list[Path]:
@@ -86,7 +89,7 @@ def calc_relion_model_coeffs(coeffs: np.ndarray, shape_yx: tuple[int, int], n_fr
     """RELION ThirdOrderPolynomialModel coefficients (36,) [18 for X, 18 for Y] from our model.
 
     Our model (2, 18) gives the displacement at numpy positions; RELION's gives the correction
-    (−displacement) at positions in its own reading of the movie (y flipped for TIFF/EER).
+    (−displacement) at positions in its own reading of the movie (y flipped for TIFF: RELION_FLIPPED_FORMATS).
     Re-fitted on a grid, which is exact because the basis is closed under y -> −y.
     """
     ny, nx = shape_yx

@@ -50,3 +50,18 @@ def test_loop_options_set_eer_grouping_and_sampling():
     assert "rendered_frame_size" in settings.hashed() and "eer_sampling" in settings.hashed()
     with pytest.raises(StepError, match="--eer-grouping 0"):
         settings_from_args(parser.parse_args(["--eer-grouping", "0"]))
+
+
+@pytest.mark.parametrize("kind", ["tiff", "eer", "mrc"])
+def test_star_shifts_read_back_as_written(kind):
+    """The motion STAR file's shifts (written by appion, in RELION's convention) read back through the RELION
+    reader give the displacements again: TIFF is y-flipped in RELION's reading, EER and MRC are not."""
+    import numpy as np
+
+    from appion.motioncorrection.calc.external.relion import calc_displacement_from_relion_shifts
+    from appion.motioncorrection.outputs import calc_relion_shifts
+
+    d = np.array([[0.0, 0.0], [1.5, -0.5], [2.25, 1.0]])
+    shifts = calc_relion_shifts(d, kind)
+    assert np.allclose(calc_displacement_from_relion_shifts(shifts, kind), d)
+    assert np.allclose(shifts[:, 1], d[:, 1] if kind == "tiff" else -d[:, 1])

@@ -158,6 +158,10 @@ def parse_relion_shifts_star(path_or_text) -> np.ndarray:
         raise ValueError(f"{source}: {exc}") from exc
 
 
+# Movie kinds RELION reads with the y axis reversed relative to mrcfile/tifffile (see below).
+RELION_FLIPPED_FORMATS = ("tiff",)
+
+
 def calc_displacement_from_relion_shifts(shifts_px: np.ndarray, movie_kind: str) -> np.ndarray:
     """Specimen displacement d_i - d_first (numpy axes of the movie as mrcfile/tifffile read it).
 
@@ -169,7 +173,7 @@ def calc_displacement_from_relion_shifts(shifts_px: np.ndarray, movie_kind: str)
     (calc_displacement_from_motioncor_shifts gives the same answer).
     """
     d = -np.asarray(shifts_px, dtype=np.float64)
-    if movie_kind == "tiff":
+    if movie_kind in RELION_FLIPPED_FORMATS:
         d[:, 1] = -d[:, 1]
     return d
 
