@@ -18,28 +18,15 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import signal
-import sqlite3
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+from benchutil import read_rows, stop_processes
+
 TARGET_S = 15.0
-
-
-def _rows(db_path: Path, sql: str) -> list:
-    try:
-        con = sqlite3.connect(db_path, timeout=30)
-    except sqlite3.OperationalError:
-        return []
-    try:
-        return con.execute(sql).fetchall()
-    except sqlite3.OperationalError:
-        return []
-    finally:
-        con.close()
 
 
 def make_movie(out: Path, size: int, frames: int) -> Path:
@@ -89,16 +76,10 @@ def run_once(movie: Path, delay_s: float, frames: int, threads_per_task: int, wo
     found: dict[str, float] = {}
     deadline = landed + 600
     while time.time() < deadline and "ctf" not in found and loop.poll() is None:
-        for step, finished in _rows(db_path, "SELECT step, finished FROM ApLoopExposureData WHERE status = 'done'"):
+        for step, finished in read_rows(db_path, "SELECT step, finished FROM ApLoopExposureData WHERE status = 'done'"):
             found.setdefault(step, float(finished))
         time.sleep(0.1)
-    for proc in (loop, watch):
-        proc.send_signal(signal.SIGTERM)
-    for proc in (loop, watch):
-        try:
-            proc.wait(timeout=120)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
+    stop_processes((loop, watch))
     log.close()
     if "ctf" not in found:
         print((workdir / f"loop-{delay_s:g}.log").read_text()[-3000:], file=sys.stderr)

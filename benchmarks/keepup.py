@@ -23,7 +23,6 @@ import argparse
 import math
 import os
 import shutil
-import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -36,6 +35,9 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
+
+from benchutil import read_rows  # noqa: E402
+
 OUT = REPO / "benchmarks" / "out"
 TARGET_PER_HOUR = 760.0
 
@@ -101,18 +103,8 @@ def make_eer_movie() -> Path:
     return path
 
 
-def _rows(db: Path, sql: str) -> list:
-    con = sqlite3.connect(db, timeout=30)
-    try:
-        return con.execute(sql).fetchall()
-    except sqlite3.OperationalError:
-        return []
-    finally:
-        con.close()
-
-
 def _ctf_done(db: Path) -> dict[str, float]:
-    rows = _rows(db, "SELECT i.filename, e.finished FROM ApLoopExposureData e JOIN AcquisitionImageData i "
+    rows = read_rows(db, "SELECT i.filename, e.finished FROM ApLoopExposureData e JOIN AcquisitionImageData i "
                      "ON i.DEF_id = e.\"REF|leginondata|AcquisitionImageData|image\" "
                      "WHERE e.step = 'ctf' AND e.status = 'done'")
     return {name: float(t) for name, t in rows}

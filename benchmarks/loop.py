@@ -18,13 +18,13 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import signal
-import sqlite3
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from benchutil import read_rows, stop_processes
 
 
 def _env(home: Path) -> dict:
@@ -135,7 +135,7 @@ def bench_sustained(n: int, interval_s: float, size: int, frames: int, workdir: 
                               "--interval", "0.2", "--settle", "0.5"], env=env, stdout=subprocess.DEVNULL,
                              stderr=subprocess.DEVNULL, start_new_session=True)
     db_path = home / "appion.sqlite3"
-    while not db_path.exists() or not _rows(db_path, "SELECT COUNT(*) FROM SessionData WHERE name = 'su'")[0][0]:
+    while not read_rows(db_path, "SELECT 1 FROM SessionData WHERE name = 'su'"):
         time.sleep(0.2)
     loop_log = open(workdir / "sustained-loop.log", "w")
     loop_proc = subprocess.Popen(["appion", "loop", "--session", "su", "--poll", "0.5", "--dashboard-address", ":0"],
@@ -154,35 +154,19 @@ def bench_sustained(n: int, interval_s: float, size: int, frames: int, workdir: 
     deadline = time.time() + 600
     rows = []
     while time.time() < deadline:
-        rows = _rows(db_path, "SELECT i.filename, e.finished FROM ApLoopExposureData e JOIN AcquisitionImageData i "
+        rows = read_rows(db_path, "SELECT i.filename, e.finished FROM ApLoopExposureData e JOIN AcquisitionImageData i "
                               "ON i.DEF_id = e.\"REF|leginondata|AcquisitionImageData|image\" "
                               "WHERE e.step = 'ctf' AND e.status = 'done'")
         if len(rows) >= n:
             break
         time.sleep(0.5)
     t_last = max(f for _, f in rows) if rows else time.time()
-    for proc in (loop_proc, watch):
-        proc.send_signal(signal.SIGTERM)
-    for proc in (loop_proc, watch):
-        try:
-            proc.wait(timeout=120)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
+    stop_processes((loop_proc, watch))
     latencies = sorted(f - complete[name] for name, f in rows if name in complete)
     return {"n": len(rows), "interval_s": interval_s, "size": size, "frames": frames,
             "throughput_per_h": 3600.0 * len(rows) / max(1e-9, t_last - t0),
             "latency_p50_s": _pct(latencies, 50), "latency_p95_s": _pct(latencies, 95),
             "latency_max_s": latencies[-1] if latencies else None}
-
-
-def _rows(db_path: Path, sql: str):
-    con = sqlite3.connect(db_path, timeout=30)
-    try:
-        return con.execute(sql).fetchall()
-    except sqlite3.OperationalError:
-        return [(0,)] if "COUNT" in sql else []
-    finally:
-        con.close()
 
 
 def _pct(values, q):

@@ -8,6 +8,8 @@ simulator's truth and the estimators' answers comparable.
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 
@@ -103,3 +105,13 @@ def calc_unoriented_gain(oriented, rotate_quarter_turns: int, flip: int):
     elif flip == 2:
         out = out[:, ::-1]
     return np.ascontiguousarray(np.rot90(out, k=-(int(rotate_quarter_turns) % 4)))
+
+
+def calc_wrapped_angle_deg(angle_deg: float) -> float:
+    """An axis direction in (−90, 90] (an astigmatism axis is defined modulo 180°)."""
+    wrapped = math.fmod(angle_deg, 180.0)
+    if wrapped > 90.0:
+        wrapped -= 180.0
+    elif wrapped <= -90.0:
+        wrapped += 180.0
+    return wrapped

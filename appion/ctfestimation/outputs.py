@@ -18,6 +18,7 @@ import numpy as np
 
 from appion.base.io.files import write_atomic, write_text_atomic
 from appion.base.io.plot import calc_ticks, format_tick  # noqa: F401 (tests read them here)
+from appion.base.io.plot import draw_text_vertical
 from appion.base.io.plot import font as plot_font
 from appion.ctfestimation.calc.classic import AvrotData, CtffindHeader, format_avrot, format_ctffind_results
 from appion.ctfestimation.calc.internal import CtfFit
@@ -68,18 +69,6 @@ def _text(draw, xy, text: str, size: int, anchor: str, fill=COLORS["black"]) -> 
     draw.text(xy, text, font=plot_font(size * SCALE), anchor=anchor, fill=fill)
 
 
-def _text_vertical(canvas, xy, text: str, size: int) -> None:
-    """Text rotated 90° counter-clockwise, centred at xy (a y-axis label)."""
-    from PIL import Image, ImageDraw
-
-    font = plot_font(size * SCALE)
-    left, top, right, bottom = font.getbbox(text)
-    mask = Image.new("L", (right - left + 2, bottom - top + 2), 0)
-    ImageDraw.Draw(mask).text((-left + 1, -top + 1), text, font=font, fill=255)
-    mask = mask.rotate(90, expand=True)
-    canvas.paste(COLORS["black"], (int(xy[0] - mask.width / 2), int(xy[1] - mask.height / 2)), mask)
-
-
 def _polyline(draw, points_x: np.ndarray, points_y: np.ndarray, color, width: float, dash: float = 0.0) -> None:
     """A line through the points (pixel coordinates); dash > 0 draws dash-long pieces with equal gaps."""
     ok = np.isfinite(points_x) & np.isfinite(points_y)
@@ -120,8 +109,8 @@ def _frame(canvas, draw, panel: _Panel, xlabel: str, ylabel: str, title: str, ti
         _text(draw, (left - tick - 2 * SCALE, py), label, tick_size, "rm")
         label_width = max(label_width, draw.textlength(label, font=plot_font(tick_size * SCALE)))
     _text(draw, ((left + right) / 2, bottom + tick + (tick_size + 6) * SCALE), xlabel, label_size, "mt")
-    _text_vertical(canvas, (left - tick - label_width - (4 + label_size * 0.7) * SCALE, (top + bottom) / 2),
-                   ylabel, label_size)
+    draw_text_vertical(canvas, (left - tick - label_width - (4 + label_size * 0.7) * SCALE, (top + bottom) / 2),
+                       ylabel, label_size * SCALE, COLORS["black"])
     _text(draw, ((left + right) / 2, top - 5 * SCALE), title, title_size, "md")
 
 

@@ -11,6 +11,8 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+from appion.base.physics import calc_wrapped_angle_deg
+
 # Suffixes of MRC files RELION must be told the type of (CTFFIND's power spectrum is `.ctf`).
 MRC_BY_NAME = (".ctf",)
 MICROGRAPHS_DIR = "Micrographs"
@@ -61,16 +63,6 @@ class RelionCtf:
     defocus_v_A: float
     angle_deg: float
     astigmatism_A: float
-
-
-def calc_wrapped_angle_deg(angle_deg: float) -> float:
-    """An axis direction (defined modulo 180°) in (−90, 90]."""
-    wrapped = math.fmod(angle_deg, 180.0)
-    if wrapped > 90.0:
-        wrapped -= 180.0
-    elif wrapped <= -90.0:
-        wrapped += 180.0
-    return wrapped
 
 
 def calc_relion_ctf(defocus1_m: float, defocus2_m: float, angle_deg: float) -> RelionCtf:

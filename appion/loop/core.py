@@ -486,7 +486,7 @@ class Loop(RunSetup, LoopAlerts):
             try:
                 modules = tuple(mod for n in self.order for mod in (self.defs[n].task_for(self.engines[n].name).module,
                                                                    *self.engines[n].modules))
-                warm_ups = tuple(tuple(self.engines[n].warm_up) for n in self.order)
+                warm_ups = tuple(self.engines[n].warm_up for n in self.order)
                 start_warm_up(self.client, warm_up_plugin(modules, warm_ups))
             except Exception as exc:  # only an optimisation
                 log.warning("could not warm up the workers: %s", one_line(exc))

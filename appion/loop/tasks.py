@@ -81,7 +81,7 @@ def warm_up_worker(modules: tuple[str, ...], warm_ups: tuple[tuple[Lazy, ...], .
             importlib.import_module(name)
         except ImportError:  # reported properly by the first task that needs it
             pass
-    engines = [tuple(stages) for stages in dict.fromkeys(tuple(stages) for stages in warm_ups) if stages]
+    engines = [stages for stages in dict.fromkeys(map(tuple, warm_ups)) if stages]
     if engines:
         k = index % len(engines)
         engines = engines[k:] + engines[:k]

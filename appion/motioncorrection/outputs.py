@@ -27,6 +27,7 @@ import numpy as np
 
 from appion.base.io.files import make_temp_path, write_atomic
 from appion.base.io.plot import calc_ticks, format_tick
+from appion.base.io.plot import draw_text_vertical
 from appion.base.io.plot import font as plot_font
 from appion.motioncorrection.calc.internal import calc_motion_summary, calc_poly_basis
 
@@ -254,18 +255,6 @@ def _text(draw, xy, text: str, size: int, anchor: str) -> None:
     draw.text(xy, text, font=plot_font(size * PLOT_SCALE), anchor=anchor, fill=(0, 0, 0))
 
 
-def _text_vertical(canvas, xy, text: str, size: int) -> None:
-    """Text rotated 90° counter-clockwise, centred at xy (an axis label)."""
-    from PIL import Image, ImageDraw
-
-    font = plot_font(size * PLOT_SCALE)
-    left, top, right, bottom = font.getbbox(text)
-    mask = Image.new("L", (right - left + 2, bottom - top + 2), 0)
-    ImageDraw.Draw(mask).text((-left + 1, -top + 1), text, font=font, fill=255)
-    mask = mask.rotate(90, expand=True)
-    canvas.paste((0, 0, 0), (int(xy[0] - mask.width / 2), int(xy[1] - mask.height / 2)), mask)
-
-
 def calc_equal_aspect_limits(x: np.ndarray, y: np.ndarray, width: float, height: float,
                              margin: float = 0.08) -> tuple[tuple[float, float], tuple[float, float]]:
     """x and y limits around the points with equal units per pixel on a width × height panel."""
@@ -326,7 +315,7 @@ def calc_shift_plot_png(displacements_px: np.ndarray, pixel_size_A: float, first
         _text(draw, ((left - 6) * S, y), format_tick(v, ystep), 12, "rm")
     draw.rectangle((left * S, top * S, right * S, bottom * S), outline=(0, 0, 0), width=S)
     _text(draw, ((left + right) / 2 * S, (bottom + 24) * S), "x drift (Å)", 13, "mt")
-    _text_vertical(canvas, ((left - 52) * S, (top + bottom) / 2 * S), "y drift (Å)", 13)
+    draw_text_vertical(canvas, ((left - 52) * S, (top + bottom) / 2 * S), "y drift (Å)", 13 * S)
 
     x, y = px(xa, ya)
     draw.line(list(zip(x.tolist(), y.tolist())), fill=(31, 119, 180), width=S, joint="curve")
@@ -349,7 +338,7 @@ def calc_shift_plot_png(displacements_px: np.ndarray, pixel_size_A: float, first
         yb = (bottom - (v - lo) / (hi - lo) * h) * S
         draw.line([(bar_right * S, yb), ((bar_right + 4) * S, yb)], fill=(0, 0, 0), width=S)
         _text(draw, ((bar_right + 6) * S, yb), format_tick(v, max(tstep, 1.0)), 12, "lm")
-    _text_vertical(canvas, ((bar_right + 52) * S, (top + bottom) / 2 * S), "frame (0-based)", 13)
+    draw_text_vertical(canvas, ((bar_right + 52) * S, (top + bottom) / 2 * S), "frame (0-based)", 13 * S)
 
     out = io.BytesIO()
     canvas.reduce(S).save(out, format="PNG", compress_level=1)

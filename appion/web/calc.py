@@ -10,6 +10,8 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
+from appion.base.physics import calc_wrapped_angle_deg
+
 # Per-exposure states shown in the table (loop step states plus 'new': not yet seen by the loop).
 NEW = "new"
 STATUS_ORDER = ("failed", "running", "retry", "queued")
@@ -144,16 +146,6 @@ def calc_astigmatism_A(defocus1_m: float | None, defocus2_m: float | None) -> fl
     if defocus1_m is None or defocus2_m is None:
         return None
     return abs(defocus2_m - defocus1_m) * 1e10
-
-
-def calc_wrapped_angle_deg(angle_deg: float) -> float:
-    """An axis direction in (−90, 90] (an astigmatism axis is defined modulo 180°)."""
-    wrapped = math.fmod(angle_deg, 180.0)
-    if wrapped > 90.0:
-        wrapped -= 180.0
-    elif wrapped <= -90.0:
-        wrapped += 180.0
-    return wrapped
 
 
 def calc_ctffind_defocus(defocus1_m: float | None, defocus2_m: float | None,
@@ -339,14 +331,7 @@ def fmt_duration(seconds: float) -> str:
 
 def fmt_age(seconds_ago: float | None) -> str:
     """'12 s ago', '5 min ago', '3.2 h ago' (– when unknown)."""
-    if seconds_ago is None:
-        return "–"
-    s = max(0.0, seconds_ago)
-    if s < 90:
-        return f"{s:.0f} s ago"
-    if s < 5400:
-        return f"{s / 60:.0f} min ago"
-    return f"{s / 3600:.1f} h ago"
+    return "–" if seconds_ago is None else f"{fmt_duration(seconds_ago)} ago"
 
 
 def calc_cells(row) -> dict[str, str]:

@@ -85,7 +85,7 @@ def test_workers_warm_up_into_the_configured_numba_cache(tmp_path, monkeypatch):
                                                                      dashboard_address=":0"))
     try:
         client.register_plugin(warm_up_plugin(tuple(m for e in engines for m in e.modules),
-                                              tuple(tuple(e.warm_up) for e in engines)))
+                                              tuple(e.warm_up for e in engines)))
         imported = client.run(lambda: sorted(m for m in ("appion.motioncorrection.align",
                                                          "appion.ctfestimation.estimate")
                                              if m in __import__("sys").modules))

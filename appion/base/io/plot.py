@@ -38,3 +38,16 @@ def format_tick(value: float, step: float) -> str:
     decimals += 1 if round(step / 10.0 ** math.floor(math.log10(step) + 1e-9), 3) == 2.5 else 0
     text = f"{value:.{decimals}f}"
     return (f"{0.0:.{decimals}f}" if float(text) == 0.0 else text).replace("-", "\u2212")
+
+
+def draw_text_vertical(canvas, xy: tuple[float, float], text: str, size_px: int,
+                       fill: tuple[int, int, int] = (0, 0, 0)) -> None:
+    """Draw text rotated 90° counter-clockwise on a Pillow image, centred at xy (a y-axis label)."""
+    from PIL import Image, ImageDraw
+
+    face = font(size_px)
+    left, top, right, bottom = face.getbbox(text)
+    mask = Image.new("L", (right - left + 2, bottom - top + 2), 0)
+    ImageDraw.Draw(mask).text((-left + 1, -top + 1), text, font=face, fill=255)
+    mask = mask.rotate(90, expand=True)
+    canvas.paste(fill, (int(xy[0] - mask.width / 2), int(xy[1] - mask.height / 2)), mask)

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from appion.base.physics import calc_wrapped_angle_deg
 from appion.ctfestimation.calc.result import CtfResult
 
 RESULTS_COLUMNS_LINE_41 = (
@@ -228,16 +229,6 @@ def parse_avrot(text: str) -> list[AvrotData]:
     return blocks
 
 
-def _wrap_angle_deg(angle_deg: float) -> float:
-    """Angle wrapped into (−90, 90] (an astigmatism axis is defined modulo 180°)."""
-    wrapped = math.fmod(angle_deg, 180.0)
-    if wrapped > 90.0:
-        wrapped -= 180.0
-    elif wrapped <= -90.0:
-        wrapped += 180.0
-    return wrapped
-
-
 def calc_classic_resolution_A(fit_resolution_A: float) -> float:
     """CTFFIND's fit resolution as classic stores it: inf (no good fit) becomes 100000 Å."""
     return fit_resolution_A if math.isfinite(fit_resolution_A) else CLASSIC_INF_RESOLUTION_A
@@ -277,7 +268,7 @@ def calc_apctfdata_fields(result: CtfResult, *, cs_mm: float, amplitude_contrast
         "amplitude_contrast": amplitude_contrast,
         "defocus1": defocus1_m,
         "defocus2": defocus2_m,
-        "angle_astigmatism": _wrap_angle_deg(angle),
+        "angle_astigmatism": calc_wrapped_angle_deg(angle),
         "extra_phase_shift": result.phase_shift_rad,
         "cross_correlation": cc,
         "confidence": cc,
