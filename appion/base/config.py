@@ -182,5 +182,4 @@ def set_numba_cache_dir() -> None:
         config = load_config()
     except ConfigError:
         return
-    if config.numba_cache is not None:
-        os.environ[NUMBA_CACHE_ENV] = str(config.numba_cache)
+    os.environ[NUMBA_CACHE_ENV] = str(config.numba_cache)

@@ -115,3 +115,14 @@ def calc_wrapped_angle_deg(angle_deg: float) -> float:
     elif wrapped <= -90.0:
         wrapped += 180.0
     return wrapped
+
+
+def calc_major_defocus_axis(defocus1_m: float, defocus2_m: float, angle_deg: float) -> tuple[float, float, float]:
+    """(larger defocus Å, smaller defocus Å, azimuth of the larger one in (−90, 90] degrees) from a classic
+    ApCtfData triple (defocus1 along angle_deg; positive = underfocus): CTFFIND's defocus 1/2/angle and
+    RELION's DefocusU/V/Angle.  Classic rows store the smaller defocus as defocus1, so the larger one lies 90°
+    from the stored angle; a row already ordered the other way is kept (equal defoci: defocus2's axis)."""
+    d1_A, d2_A = defocus1_m * 1e10, defocus2_m * 1e10
+    if abs(d2_A) >= abs(d1_A):
+        return d2_A, d1_A, calc_wrapped_angle_deg(angle_deg + 90.0)
+    return d1_A, d2_A, calc_wrapped_angle_deg(angle_deg)

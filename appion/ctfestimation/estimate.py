@@ -165,6 +165,11 @@ def warm_up_common_path(work_dir=None) -> dict[str, float]:
     return warm_up_engines(work_dir, phases=(False,))
 
 
+def warm_up_phase_search(work_dir=None) -> dict[str, float]:
+    """The second stage after warm_up_common_path: the phase-shift search."""
+    return warm_up_engines(work_dir, phases=(True,))
+
+
 def warm_up_engines(work_dir=None, phases: tuple[bool, ...] = (False, True)) -> dict[str, float]:
     """Compile, or load from the numba cache, every numba function of the estimator before the first image.
 

@@ -19,7 +19,7 @@ ENGINES = {
                       version=Lazy("appion.base.versions", "calc_appion_version"),
                       modules=("appion.ctfestimation.estimate",),
                       warm_up=(Lazy("appion.ctfestimation.estimate", "warm_up_common_path"),
-                               Lazy("appion.ctfestimation.estimate", "warm_up_engines"))),
+                               Lazy("appion.ctfestimation.estimate", "warm_up_phase_search"))),
     "ctffind4": Engine("ctffind4", "CTFFIND 4/5 driven through its prompts",
                        version=Lazy(_TASK, "calc_engine_version")),
     "gctf": Engine("gctf", "Gctf (GPU)", version=Lazy(_TASK, "calc_engine_version"), needs=("gpu",)),

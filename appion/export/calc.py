@@ -11,7 +11,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from appion.base.physics import calc_wrapped_angle_deg
+from appion.base.physics import calc_major_defocus_axis
 
 # Suffixes of MRC files RELION must be told the type of (CTFFIND's power spectrum is `.ctf`).
 MRC_BY_NAME = (".ctf",)
@@ -67,12 +67,8 @@ class RelionCtf:
 
 def calc_relion_ctf(defocus1_m: float, defocus2_m: float, angle_deg: float) -> RelionCtf:
     """RELION's (DefocusU ≥ DefocusV, DefocusAngle of U) from a classic row (defocus1 along angle_deg)."""
-    d1_A, d2_A = defocus1_m * 1e10, defocus2_m * 1e10
-    if abs(d2_A) >= abs(d1_A):  # the classic order: U is defocus2, on the axis 90° from defocus1's
-        u, v, angle = d2_A, d1_A, angle_deg + 90.0
-    else:
-        u, v, angle = d1_A, d2_A, angle_deg
-    return RelionCtf(u, v, calc_wrapped_angle_deg(angle), abs(u - v))
+    u, v, angle = calc_major_defocus_axis(defocus1_m, defocus2_m, angle_deg)
+    return RelionCtf(u, v, angle, abs(u - v))
 
 
 def calc_defocus_at_A(u_A: float, v_A: float, angle_deg: float, theta_deg: float) -> float:

@@ -251,51 +251,31 @@ def align_movie_file(movie_path, out_path, options: MotionOptions) -> MotionOutc
     del mask
     if raw is None:
         del gain
-    else:
-        # The frames' full-size FFTs: one frame per thread once the alignment is done (started earlier they
-        # would only compete with it for the cores, and their buffers could not reuse the alignment's memory).
-        fft_pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="frame-fft")
-        ahead = threads
-        padded_yx, has_gain = state.padded_yx, gain is not None
-
-        def submit_fft(k: int):
-            return fft_pool.submit(internal.calc_raw_frame_spectrum, raw[k], raw_gain, has_gain, means[k], padded_yx)
-
-        pending = deque()
-    timings["read"] = time.perf_counter() - t0  # decoding, binning and (global shifts) the frames' FFTs
+    timings["read"] = time.perf_counter() - t0  # decoding, binning and (global shifts, float frames) FFTs
 
     t0 = time.perf_counter()
-    try:
-        n = len(stored) if raw is None else len(raw)
-        # Search on a Fourier crop (global B-factor), then Newton refinement on the finer frames (local B).
-        result = internal.calc_global_alignment(small_spectra, fine_yx, fine, factor, options.pixel_size_A,
-                                                options.bfactor_global_A2, options.bfactor_local_A2,
-                                                options.max_iterations, options.tolerance_px, workers=threads)
-        shifts, converged = result.shifts_px, result.converged
-        model = None
-        if local:  # patches of the aligned frames, Fourier-cropped to `factor` binning
-            coarse_yx = internal.calc_coarse_shape(fine_yx, fine, factor)
-            coarse = internal.calc_fourier_crop_spectra(small_spectra, fine_yx, coarse_yx)
-            del small_spectra
-            aligned = scipy.fft.irfft2(coarse, s=coarse_yx, axes=(-2, -1), workers=threads).astype(np.float32)
-            del coarse
-            unbinned = fine * internal.calc_crop_scale(fine_yx, coarse_yx)  # unbinned px per px of `aligned` (x, y)
-            centres, trajectories, _ = internal.calc_patch_trajectories(
-                aligned, options.patch_cols, options.patch_rows,
-                options.pixel_size_A * float(np.sqrt(unbinned[0] * unbinned[1])), options.bfactor_local_A2,
-                options.max_iterations, options.tolerance_px / float(unbinned.min()), workers=threads)
-            del aligned
-            model = internal.calc_local_model((centres + 0.5) * unbinned - 0.5, trajectories * unbinned, shape)
-    except BaseException:
-        if raw is not None:  # stop the frame FFTs started above
-            for future in pending:
-                future.cancel()
-            fft_pool.shutdown(wait=True)
-        raise
+    n = len(stored) if raw is None else len(raw)
+    # Search on a Fourier crop (global B-factor), then Newton refinement on the finer frames (local B).
+    result = internal.calc_global_alignment(small_spectra, fine_yx, fine, factor, options.pixel_size_A,
+                                            options.bfactor_global_A2, options.bfactor_local_A2,
+                                            options.max_iterations, options.tolerance_px, workers=threads)
+    shifts, converged = result.shifts_px, result.converged
+    model = None
+    if local:  # patches of the aligned frames, Fourier-cropped to `factor` binning
+        coarse_yx = internal.calc_coarse_shape(fine_yx, fine, factor)
+        coarse = internal.calc_fourier_crop_spectra(small_spectra, fine_yx, coarse_yx)
+        del small_spectra
+        aligned = scipy.fft.irfft2(coarse, s=coarse_yx, axes=(-2, -1), workers=threads).astype(np.float32)
+        del coarse
+        unbinned = fine * internal.calc_crop_scale(fine_yx, coarse_yx)  # unbinned px per px of `aligned` (x, y)
+        centres, trajectories, _ = internal.calc_patch_trajectories(
+            aligned, options.patch_cols, options.patch_rows,
+            options.pixel_size_A * float(np.sqrt(unbinned[0] * unbinned[1])), options.bfactor_local_A2,
+            options.max_iterations, options.tolerance_px / float(unbinned.min()), workers=threads)
+        del aligned
+        model = internal.calc_local_model((centres + 0.5) * unbinned - 0.5, trajectories * unbinned, shape)
     small_spectra = None
     timings["align"] = time.perf_counter() - t0
-    if raw is not None:
-        pending.extend(submit_fft(k) for k in range(min(len(raw), ahead)))
 
     t0 = time.perf_counter()
     # The drift plot only needs the shifts: render it while the frames are summed (GIL-free work).
@@ -309,12 +289,22 @@ def align_movie_file(movie_path, out_path, options: MotionOptions) -> MotionOutc
         pre = (options.pre_exposure_e_per_A2 + first * options.dose_per_frame_e_per_A2) * calc_dose_factor(options.voltage_kV)
         table, step = internal.calc_weight_table(options.pixel_size_A, dose, n, pre)
     if raw is not None:
-        # One frame per thread (padding × gain, FFT), summed here in frame order as they arrive.
+        # The frames' full-size FFTs, one frame per thread (padding × gain, FFT), started once the alignment is
+        # done (earlier they would only compete with it for the cores, and their buffers could not reuse the
+        # alignment's memory), and summed here in frame order as they arrive.
+        fft_pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="frame-fft")
+        padded_yx, has_gain = state.padded_yx, gain is not None
+
+        def submit_fft(k: int):
+            return fft_pool.submit(internal.calc_raw_frame_spectrum, raw[k], raw_gain, has_gain, means[k], padded_yx)
+
+        pending = deque()
         try:
+            pending.extend(submit_fft(k) for k in range(min(n, threads)))
             for j in range(n):
                 spectrum = pending.popleft().result()
-                if j + ahead < n:
-                    pending.append(submit_fft(j + ahead))
+                if j + threads < n:
+                    pending.append(submit_fft(j + threads))
                 internal.calc_add_spectra(state, spectrum, shifts[j].reshape(1, 2),
                                           None if table is None else table[j], step)
                 del spectrum
@@ -396,6 +386,11 @@ def warm_up_common_path(work_dir=None) -> dict[str, float]:
     """warm_up_engines for the usual first movie only (an 8-bit integer TIFF: global shifts, exposure weighting,
     gain): a worker's first stage, before the other engines' (see appion.base.steps.Engine.warm_up)."""
     return warm_up_engines(work_dir, cases=("uint8",))
+
+
+def warm_up_other_paths(work_dir=None) -> dict[str, float]:
+    """The second stage after warm_up_common_path: the cases it left out (16-bit TIFF, float MRC with defects)."""
+    return warm_up_engines(work_dir, prepare_process=False, cases=("uint16", "float32"))
 
 
 def warm_up_engines(work_dir=None, prepare_process: bool = True,

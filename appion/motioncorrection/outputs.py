@@ -31,8 +31,8 @@ from appion.base.io.plot import draw_text_vertical
 from appion.base.io.plot import font as plot_font
 from appion.motioncorrection.calc.internal import calc_motion_summary, calc_poly_basis
 
-# Movie kinds RELION reads with the y axis reversed (TIFF only; EER is rendered in stream order): the same rule as
-# calc.external.relion.calc_displacement_from_relion_shifts, which reads RELION's STAR files back.
+# Movie kinds RELION reads with the y axis reversed (TIFF only; EER is rendered in stream order): for the STAR files
+# written here and for calc.external.relion.calc_displacement_from_relion_shifts, which reads RELION's back.
 RELION_FLIPPED_FORMATS = ("tiff",)
 
 

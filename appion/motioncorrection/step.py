@@ -17,7 +17,7 @@ ENGINES = {
                       version=Lazy("appion.base.versions", "calc_appion_version"),
                       modules=("appion.base.io.movies", "appion.motioncorrection.align"),
                       warm_up=(Lazy("appion.motioncorrection.align", "warm_up_common_path"),
-                               Lazy("appion.motioncorrection.align", "warm_up_engines"))),
+                               Lazy("appion.motioncorrection.align", "warm_up_other_paths"))),
     "motioncor2": Engine("motioncor2", "UCSF MotionCor2 (GPU; -InMrc/-InTiff/-InEer)",
                          version=Lazy(_TASK, "calc_engine_version"), needs=("gpu",)),
     "motioncor3": Engine("motioncor3", "MotionCor3 (GPU; MotionCor2's options)",

@@ -9,7 +9,6 @@ from appion.base.db import models as m
 from appion.base.db.fields import SeqError, parse_seq
 from appion.base.session.retrieve import retrieve_images_by_filename
 from appion.motioncorrection.calc.rows import parse_st_log_positions
-from appion.base.session.viewer import REJECTED_VIEWER_STATUS, retrieve_viewer_status  # noqa: F401 (re-exported)
 
 
 

@@ -10,7 +10,7 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
-from appion.base.physics import calc_wrapped_angle_deg
+from appion.base.physics import calc_major_defocus_axis
 
 # Per-exposure states shown in the table (loop step states plus 'new': not yet seen by the loop).
 NEW = "new"
@@ -110,8 +110,8 @@ def calc_is_bulk_import(n_events: int, first_s: float | None, last_s: float | No
     imported at once, whose span-based rate means nothing."""
     if n_events < 2 or first_s is None or last_s is None:
         return False
-    span = last_s - first_s
-    return span <= 0 or (n_events - 1) * 3600.0 / span > max_per_hour
+    rate = calc_span_rate_per_hour(n_events, first_s, last_s)  # None: no span (all at the same time)
+    return rate is None or rate > max_per_hour
 
 
 def calc_wall_rate_per_hour(n_events: int, start_s: float | None, end_s: float | None,
@@ -159,10 +159,8 @@ def calc_ctffind_defocus(defocus1_m: float | None, defocus2_m: float | None,
     """
     if defocus1_m is None or defocus2_m is None:
         return None, None, None
-    small, large = defocus1_m * 1e10, defocus2_m * 1e10
-    if abs(small) > abs(large):
-        return small, large, calc_wrapped_angle_deg(angle_deg) if angle_deg is not None else None
-    return large, small, calc_wrapped_angle_deg(angle_deg - 90.0) if angle_deg is not None else None
+    major, minor, angle = calc_major_defocus_axis(defocus1_m, defocus2_m, 0.0 if angle_deg is None else angle_deg)
+    return major, minor, None if angle_deg is None else angle
 
 
 def calc_thumbnail(image: np.ndarray, max_px: int) -> np.ndarray:
@@ -332,6 +330,12 @@ def fmt_duration(seconds: float) -> str:
 def fmt_age(seconds_ago: float | None) -> str:
     """'12 s ago', '5 min ago', '3.2 h ago' (– when unknown)."""
     return "–" if seconds_ago is None else f"{fmt_duration(seconds_ago)} ago"
+
+
+def calc_shown_status(status: str, verdict) -> str:
+    """The state a page shows for an exposure: "rejected" when curation rejected it (a verdict with accepted
+    False), unless it failed (the failure and its reason come first); else the loop's state."""
+    return "rejected" if verdict is not None and not verdict.accepted and status != "failed" else status
 
 
 def calc_cells(row) -> dict[str, str]:

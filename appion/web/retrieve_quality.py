@@ -15,14 +15,12 @@ from datetime import datetime
 from django.db.models import Count, Max, Min, Q
 
 from appion.base.db import models as m
+from appion.quality.retrieve import retrieve_quality_rows
 from appion.web import calc
 
 QUALITY_STEP = "quality"
 FILTERS_QUALITY = ("all", "accepted", "rejected", "failed")
 FILTERS_PLAIN = ("all", "done", "failed")
-QUALITY_COLUMNS = ("image_id", "total_drift_A", "early_drift_A", "late_drift_A", "ctf_resolution_A", "astigmatism_A",
-                   "defocus_A", "tilt_deg", "tilt_axis_deg", "ice_thickness", "crystalline_ice", "image_problem",
-                   "notes", "rejected", "reason", "thresholds", "timestamp")
 
 
 @dataclass(frozen=True)
@@ -106,11 +104,7 @@ def retrieve_manual_verdicts(image_ids: list[int]) -> dict[int, Verdict]:
 def fill_quality(by_id: dict, quality_run_id: int | None, with_details: bool = False) -> None:
     """Set tilt, ice and the verdict (and, with_details, every stored metric) of a page's rows (two queries)."""
     ids = list(by_id)
-    rows = {}
-    if quality_run_id is not None:
-        rows = {r["image_id"]: r for r in m.ApQualityData.objects.filter(qualityrun_id=quality_run_id,
-                                                                          image_id__in=ids)
-                .order_by("id").values(*QUALITY_COLUMNS)}
+    rows = retrieve_quality_rows(quality_run_id, ids) if quality_run_id is not None else {}
     manual = retrieve_manual_verdicts(ids)
     for image_id, row in by_id.items():
         stored = rows.get(image_id)

@@ -84,7 +84,6 @@ def sessions_view(request):
 
 
 # ---------------------------------------------------------------- session page
-FILTER_LABELS = {"all": "all", "accepted": "accepted", "rejected": "rejected", "failed": "failed", "done": "done"}
 
 
 def _session_payload(session_id: int, run_id: int | None, page_param: str | None, show_param: str | None) -> dict:
@@ -102,7 +101,7 @@ def _session_payload(session_id: int, run_id: int | None, page_param: str | None
     run_q = refs.looprun_id
     row_items = [_row_item(r, run_q, refs.has_quality) for r in rows]
     counts = {"all": summary.n_exposures, **sets.counts()}
-    filters = [{"name": name, "label": FILTER_LABELS[name], "count": counts.get(name, 0), "active": name == show,
+    filters = [{"name": name, "label": name, "count": counts.get(name, 0), "active": name == show,
                 "url": _query(run=run_q, show=None if name == "all" else name)} for name in sets.names]
     return {"refs": refs, "summary": summary, "count_items": _count_items(summary, counts, refs.has_quality),
             "rate_items": _rate_items(summary, now), "loop": _loop_items(refs, now), "rows": row_items,
@@ -118,7 +117,7 @@ def _row_item(row: retrieve.ExposureRow, run_id: int | None, quality: bool = Fal
     cells = calc.calc_cells(row)
     verdict = row.verdict
     rejected = verdict is not None and not verdict.accepted
-    shown = "rejected" if rejected and row.status != "failed" else row.status
+    shown = calc.calc_shown_status(row.status, verdict)
     notes = [row.reason] if row.reason else []
     if verdict is not None and (rejected or verdict.manual):
         notes.append(verdict.text)
@@ -323,11 +322,10 @@ def exposure_view(request, image_id: int):
     if row.trajectory:
         trajectory = [(i, f"{x:.2f}", f"{y:.2f}") for i, (x, y) in enumerate(zip(*row.trajectory))]
     verdict = _verdict_context(request, detail, run_id)
-    rejected = row.verdict is not None and not row.verdict.accepted
     return render("exposure.html", {
         "d": detail, "row": row, "cells": calc.calc_cells(row), "ctf": ctf, "plots": plots, "steps": steps,
         "defocus": defocus_text, "q": verdict,
-        "shown": "rejected" if rejected and row.status != "failed" else row.status,
+        "shown": calc.calc_shown_status(row.status, row.verdict),
         "trajectory": trajectory, "back": f"/session/{detail.session_id}/{_query(**q)}",
         "aligned": f"/exposure/{image_id}/thumb.png{_query(run=run_id, size=THUMB_SIZES[-1])}"
         if row.result_id else None})

@@ -128,8 +128,11 @@ def test_ctffind_convention_from_classic_rows(stored, shown):
     df1, df2, angle = calc.calc_ctffind_defocus(*stored)
     assert (df1, df2, angle) == pytest.approx(shown)
     assert calc.calc_ctffind_defocus(None, 1e-6, 3.0) == (None, None, None)
-    assert calc.calc_wrapped_angle_deg(270.0) == pytest.approx(90.0)
-    assert calc.calc_wrapped_angle_deg(-90.0) == pytest.approx(90.0)
+    assert calc.calc_ctffind_defocus(1e-6, 2e-6, None) == pytest.approx((20000.0, 10000.0, None))
+    from appion.base.physics import calc_wrapped_angle_deg
+
+    assert calc_wrapped_angle_deg(270.0) == pytest.approx(90.0)
+    assert calc_wrapped_angle_deg(-90.0) == pytest.approx(90.0)
 
 
 def test_thresholds_text_and_limits():

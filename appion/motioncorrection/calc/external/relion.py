@@ -14,6 +14,7 @@ import starfile
 
 from appion.base.io.files import write_atomic
 from appion.motioncorrection.calc.external.common import _fmt, calc_log_tail, calc_movie_kind
+from appion.motioncorrection.outputs import RELION_FLIPPED_FORMATS
 
 # ---------------------------------------------------------------------------------------------
 # RELION relion_run_motioncorr --use_own (CPU)
@@ -156,10 +157,6 @@ def parse_relion_shifts_star(path_or_text) -> np.ndarray:
         return calc_relion_shifts(blocks)[0]
     except ValueError as exc:
         raise ValueError(f"{source}: {exc}") from exc
-
-
-# Movie kinds RELION reads with the y axis reversed relative to mrcfile/tifffile (see below).
-RELION_FLIPPED_FORMATS = ("tiff",)
 
 
 def calc_displacement_from_relion_shifts(shifts_px: np.ndarray, movie_kind: str) -> np.ndarray:
