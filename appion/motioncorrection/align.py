@@ -18,8 +18,8 @@ from pathlib import Path
 
 import numba
 import numpy as np
-import scipy.fft
 
+from appion.base import fft
 from appion.base.warmup import hold_warm_up_lock
 from appion.base.io import movies
 from appion.motioncorrection import inputs, outputs
@@ -161,7 +161,7 @@ def check_options(options: MotionOptions) -> None:
 
 
 def set_thread_limits(threads: int) -> int:
-    """Bound numba's pool; scipy.fft and the decoder get `workers`/`threads` explicitly.
+    """Bound numba's pool; the FFTs and the decoder get `workers`/`threads` explicitly.
 
     Also, unless set already, OMP_WAIT_POLICY=PASSIVE: numba's OpenMP workers then sleep between the
     engine's many short parallel loops instead of spinning on the cores the decoder and FFT threads need
@@ -220,7 +220,7 @@ def align_movie_file(movie_path, out_path, options: MotionOptions) -> MotionOutc
     def add_small_frame(small_frame: np.ndarray) -> float:
         """Keep the binned frame's spectrum (mean removed); returns its mean (the FFT padding value)."""
         k = len(means)
-        small_spectra[k] = scipy.fft.rfft2(small_frame[:fine_yx[0], :fine_yx[1]], workers=1)
+        fft.calc_rfft2(small_frame[:fine_yx[0], :fine_yx[1]], out=small_spectra[k])
         means.append(float(small_spectra[k, 0, 0].real) / (fine_yx[0] * fine_yx[1]))
         small_spectra[k, 0, 0] = 0.0
         return means[-1]
@@ -265,7 +265,7 @@ def align_movie_file(movie_path, out_path, options: MotionOptions) -> MotionOutc
         coarse_yx = internal.calc_coarse_shape(fine_yx, fine, factor)
         coarse = internal.calc_fourier_crop_spectra(small_spectra, fine_yx, coarse_yx)
         del small_spectra
-        aligned = scipy.fft.irfft2(coarse, s=coarse_yx, axes=(-2, -1), workers=threads).astype(np.float32)
+        aligned = fft.calc_irfft2(coarse, coarse_yx, threads)
         del coarse
         unbinned = fine * internal.calc_crop_scale(fine_yx, coarse_yx)  # unbinned px per px of `aligned` (x, y)
         centres, trajectories, _ = internal.calc_patch_trajectories(

@@ -4,10 +4,10 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import scipy.fft
 import scipy.signal
 from numba import njit
 
+from appion.base.fft import calc_rfft2
 from appion.base.physics import calc_frequency_grid
 from appion.ctfestimation.calc.internal.common import MAX_FINE_TILE, TILE_TAPER, SpectrumData
 
@@ -37,7 +37,7 @@ def calc_power_spectrum(images: np.ndarray, box: int, overlap: float = 0.0, work
     """Mean power spectrum of mean-subtracted box×box tiles over one image or a stack.
 
     images: (y, x) or (n, y, x), any real dtype.  Tiles are copied in chunks into one reused
-    float32 buffer and transformed together (scipy.fft.rfft2, `workers` threads).
+    float32 buffer and transformed together (appion.base.fft.calc_rfft2, `workers` threads).
     Returns (box, box//2+1) float64 in unshifted rfft layout.
     """
     stack = images[None] if images.ndim == 2 else images
@@ -56,7 +56,7 @@ def calc_power_spectrum(images: np.ndarray, box: int, overlap: float = 0.0, work
             tiles[j] = stack[i, y:y + box, x:x + box]
         tiles -= tiles.mean(axis=(1, 2), keepdims=True, dtype=np.float64).astype(np.float32)
         tiles *= window
-        spectra = scipy.fft.rfft2(tiles, workers=workers, overwrite_x=True)
+        spectra = calc_rfft2(tiles, workers)
         _accumulate_power(spectra, out)
     out /= len(origins) * float(np.sum(window.astype(np.float64) ** 2))
     return out

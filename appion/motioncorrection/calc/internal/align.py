@@ -11,6 +11,8 @@ import numpy as np
 import scipy.fft
 from numba import njit, prange
 
+from appion.base.fft import calc_irfft2, calc_rfft2
+
 
 # ----------------------------------------------------------------------------------------
 # Preparation: binning for alignment
@@ -119,18 +121,18 @@ def calc_raw_frame_spectrum(raw: np.ndarray, gain: np.ndarray, has_gain: bool, f
     """calc_frame_spectrum of a stored frame: raw (y, x) integer counts × gain (y, x) float32, padded
     with frame_mean to padded_yx -> (1, py, px//2+1) complex64.
 
-    One thread per frame (no numba pool, one scipy worker), so several frames transform at once.
+    One thread per frame (no numba pool, one FFT thread), so several frames transform at once.
     """
     buffer = np.empty((1,) + tuple(padded_yx), np.float32)
     _pad_raw_with_mean(raw, gain, has_gain, np.float32(frame_mean), buffer[0])
-    return scipy.fft.rfft2(buffer, axes=(-2, -1), workers=1, overwrite_x=True).astype(np.complex64, copy=False)
+    return calc_rfft2(buffer)
 
 
 def calc_spectra(frames: np.ndarray, workers: int = 1) -> np.ndarray:
     """rfft2 of each frame with its mean removed: (n, y, x) float32 -> (n, y, x//2+1) complex64."""
-    spectra = scipy.fft.rfft2(frames, axes=(-2, -1), workers=workers)
+    spectra = calc_rfft2(frames, workers)
     spectra[:, 0, 0] = 0.0
-    return spectra.astype(np.complex64, copy=False)
+    return spectra
 
 
 def calc_phase_vectors(shifts_px: np.ndarray, ny: int, nx: int) -> tuple[np.ndarray, np.ndarray]:
@@ -318,9 +320,9 @@ def calc_frame_shifts(spectra: np.ndarray, shape_yx: tuple[int, int], pixel_size
         for first in range(0, n, chunk):
             count = min(chunk, n - first)
             _calc_cross_spectra(spectra, total, filt, first, count, cross)
-            cc = scipy.fft.irfft2(cross[:count], s=(cy, cx), axes=(-2, -1), workers=workers)
+            cc = calc_irfft2(cross[:count], (cy, cx), workers)
             peaks = np.empty((count, 2), np.float64)
-            _find_peaks(cc.astype(np.float32, copy=False), search, peaks)
+            _find_peaks(cc, search, peaks)
             # The reference (all others) sits at +peak relative to the frame: the frame is
             # still displaced by −peak from where the others are.
             update[first:first + count] = -peaks * scale

@@ -8,6 +8,7 @@ import numpy as np
 import scipy.fft
 from numba import njit, prange
 
+from appion.base.fft import calc_irfft2, calc_rfft2
 from appion.base.physics import calc_exposure_weights
 from appion.motioncorrection.calc.internal.align import calc_phase_vectors
 from appion.motioncorrection.calc.internal.local import calc_poly_basis
@@ -167,7 +168,7 @@ def calc_frame_spectrum(state: SumState, frame: np.ndarray, frame_mean: float, w
     the movie is still being decoded (and stored instead of the frame: same memory).
     """
     _pad_with_mean(frame, np.float32(frame_mean), state.buffer[0])
-    return scipy.fft.rfft2(state.buffer, axes=(-2, -1), workers=workers).astype(np.complex64, copy=False)
+    return calc_rfft2(state.buffer, workers)
 
 
 def calc_add_spectra(state: SumState, spectra: np.ndarray, shifts_px: np.ndarray,
@@ -199,7 +200,7 @@ def calc_add_frame(state: SumState, frame: np.ndarray, tile_shifts_px: np.ndarra
         whole = np.round(tile_shifts_px).astype(np.int64)
         starts = state.tile_origins - state.margin + whole[:, ::-1]
         _cut_tiles(frame, starts, calc_edge_taper(py, state.margin), calc_edge_taper(px, state.margin), state.buffer)
-        spectra = scipy.fft.rfft2(state.buffer, axes=(-2, -1), workers=workers).astype(np.complex64, copy=False)
+        spectra = calc_rfft2(state.buffer, workers)
         shifts = np.asarray(tile_shifts_px, np.float64) - whole
     calc_add_spectra(state, spectra, shifts, weight_row, weight_step)
 
@@ -247,17 +248,17 @@ def calc_finished_sums(state: SumState, shape_yx: tuple[int, int], bin_factor: f
             padded = state.padded_yx
             out_padded = calc_output_shape(padded, bin_factor)
             spec = calc_fourier_crop(acc[0], padded, out_padded)
-            image = scipy.fft.irfft2(spec, s=out_padded, workers=workers).astype(np.float32)
+            image = calc_irfft2(spec, out_padded, workers)
             results.append(np.ascontiguousarray(image[:out_yx[0], :out_yx[1]]))
             continue
         image = np.empty((ny, nx), np.float32)
-        tiles = scipy.fft.irfft2(acc, s=state.padded_yx, axes=(-2, -1), workers=workers)
+        tiles = calc_irfft2(acc, state.padded_yx, workers)
         g = state.margin
         for (y0, x0), (cy, cx), tile in zip(state.tile_origins, state.tile_cores, tiles):
             image[y0:y0 + cy, x0:x0 + cx] = tile[g:g + cy, g:g + cx]
         if out_yx != (ny, nx):
-            spec = calc_fourier_crop(scipy.fft.rfft2(image, workers=workers).astype(np.complex64), shape_yx, out_yx)
-            image = scipy.fft.irfft2(spec, s=out_yx, workers=workers).astype(np.float32)
+            spec = calc_fourier_crop(calc_rfft2(image, workers), shape_yx, out_yx)
+            image = calc_irfft2(spec, out_yx, workers)
         results.append(image)
     return results[0], results[1]
 

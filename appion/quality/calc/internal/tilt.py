@@ -33,6 +33,7 @@ import numpy as np
 import scipy.fft
 import scipy.signal
 
+from appion.base.fft import calc_irfft2, calc_rfft2
 from appion.base.physics import calc_amplitude_phase, calc_wavelength_A
 from appion.ctfestimation.calc.internal import (TILE_TAPER, CtfSearchParams, calc_defocus_search,
                                                 calc_equiphase_radius, calc_power_spectrum, calc_spectrum_data)
@@ -104,10 +105,10 @@ def calc_fourier_binned(image: np.ndarray, pixel_size_A: float, target_pixel_A: 
     my, mx = int(ny / factor) // 2 * 2, int(nx / factor) // 2 * 2
     if factor <= 1.05 or my < 64 or mx < 64:
         return np.asarray(image, dtype=np.float32), pixel_size_A
-    f = scipy.fft.rfft2(np.asarray(image, dtype=np.float32), workers=workers)
+    f = calc_rfft2(image, workers)
     keep = np.concatenate([f[: my // 2, : mx // 2 + 1], f[ny - my // 2:, : mx // 2 + 1]], axis=0)
-    out = scipy.fft.irfft2(keep, s=(my, mx), workers=workers) * (my * mx / (ny * nx))
-    return out.astype(np.float32), pixel_size_A * ny / my
+    out = calc_irfft2(keep, (my, mx), workers) * np.float32(my * mx / (ny * nx))
+    return out, pixel_size_A * ny / my
 
 
 def calc_tile_origins(shape: tuple[int, int], n_tiles: int) -> tuple[int, list[tuple[int, int]]]:
