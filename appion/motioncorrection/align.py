@@ -7,23 +7,21 @@ Frame numbers are 0-based and inclusive (like classic --ddstartframe).  No Djang
 from __future__ import annotations
 
 import argparse
+import os
 import queue
 import sys
 import threading
 import time
-from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numba
 import numpy as np
 
 from appion.base import fft
 from appion.base.warmup import hold_warm_up_lock
 from appion.base.io import movies
 from appion.motioncorrection import inputs, outputs
-from appion.motioncorrection.calc import internal
 
 
 
@@ -73,48 +71,78 @@ class MotionOutcome:
     converged: bool = True
 
 
-def iter_in_background(iterator, depth: int = 1):
-    """Run `iterator` in a daemon thread, `depth` items ahead of the consumer (decoding overlaps FFTs).
+class BackgroundIterator:
+    """Run `iterator` in a daemon thread from construction on, `depth` items ahead of the consumer: decoding
+    starts before the engine is loaded and overlaps its FFTs.
 
-    Exceptions from the iterator are re-raised in the consumer.  If the consumer stops early the
-    thread is told to stop at its next item.
+    Iterating yields the items; exceptions from the iterator are re-raised there.  close() (also run when the
+    iteration ends or the consumer stops early, and by `with`) tells the thread to stop at its next item.
     """
-    items: queue.Queue = queue.Queue(maxsize=depth)
-    stop = threading.Event()
-    done = object()
 
-    def produce() -> None:
+    _DONE = object()
+
+    def __init__(self, iterator, depth: int = 1) -> None:
+        self._items: queue.Queue = queue.Queue(maxsize=max(1, depth))
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._produce, args=(iterator,), name="movie-decoder", daemon=True)
+        self._thread.start()
+
+    def _produce(self, iterator) -> None:
         try:
             for item in iterator:
-                while not stop.is_set():
-                    try:
-                        items.put(item, timeout=0.2)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
+                if not self._put(item):
                     return
-            items.put(done)
+            self._put(self._DONE)
         except BaseException as exc:  # handed to the consumer
-            items.put(exc)
+            self._put(exc)
 
-    thread = threading.Thread(target=produce, name="movie-decoder", daemon=True)
-    thread.start()
-    try:
-        while True:
-            item = items.get()
-            if item is done:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-    finally:
-        stop.set()
-        while thread.is_alive():
+    def _put(self, item) -> bool:
+        while not self._stop.is_set():
             try:
-                items.get_nowait()
+                self._items.put(item, timeout=0.2)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def __iter__(self):
+        try:
+            while True:
+                item = self._items.get()
+                if item is self._DONE:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        self._stop.set()
+        while self._thread.is_alive():
+            try:
+                self._items.get_nowait()
             except queue.Empty:
-                thread.join(timeout=0.05)
+                self._thread.join(timeout=0.05)
+
+    def __enter__(self) -> "BackgroundIterator":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def iter_in_background(iterator, depth: int = 1) -> BackgroundIterator:
+    """BackgroundIterator(iterator, depth): started now, iterated by the caller."""
+    return BackgroundIterator(iterator, depth)
+
+
+def load_engine():
+    """appion.motioncorrection.calc.internal, the engine's numba kernels, imported on first use: numba and scipy
+    take ~0.3 s to import in a fresh process, and align_movie_file starts decoding the movie first."""
+    from appion.motioncorrection.calc import internal
+
+    return internal
 
 
 def calc_output_paths(out_path, appion_log: bool, with_dw: bool) -> dict[str, Path | None]:
@@ -171,6 +199,8 @@ def set_thread_limits(threads: int) -> int:
     import os
 
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    import numba
+
     n = max(1, min(int(threads), numba.config.NUMBA_NUM_THREADS))
     numba.set_num_threads(n)
     return n
@@ -183,7 +213,6 @@ def align_movie_file(movie_path, out_path, options: MotionOptions) -> MotionOutc
     naming the file and the problem.
     """
     check_options(options)
-    threads = set_thread_limits(options.threads)
     timings: dict[str, float] = {}
     movie_path = Path(movie_path)
     paths = calc_output_paths(out_path, options.appion_log, options.dose_per_frame_e_per_A2 is not None)
@@ -201,19 +230,37 @@ def align_movie_file(movie_path, out_path, options: MotionOptions) -> MotionOutc
     if options.gain_path:
         gain = inputs.read_oriented_gain(options.gain_path, header.shape_yx, options.gain_rotate, options.gain_flip)
     mask = inputs.read_defects_mask(options.defects_path, header.shape_yx) if options.defects_path else None
-    factor = internal.calc_alignment_binning(header.shape_yx, options.pixel_size_A, options.bfactor_global_A2)
-    fine = internal.calc_refinement_binning(header.shape_yx, options.pixel_size_A, options.bfactor_local_A2, factor)
-    # The alignment's frames: binned by `fine`, cropped to fast FFT sizes, transformed as they come.
-    fine_yx = (internal.calc_fast_size_below(header.shape_yx[0] // fine),
-               internal.calc_fast_size_below(header.shape_yx[1] // fine))
-    small_spectra = np.empty((last - first + 1, fine_yx[0], fine_yx[1] // 2 + 1), np.complex64)
     local = bool(options.patch_cols and options.patch_rows)
     with_dw = options.dose_per_frame_e_per_A2 is not None
     shape = tuple(header.shape_yx)
-    state = internal.calc_sum_plan(shape, tiled=local, with_dw=with_dw)
-    # The one full-size copy of the movie: the stored integer frames (global shifts, TIFF, no defect
-    # map), else the float32 frames (local model: cut into tiles later) or, for other global cases,
-    # their spectra, computed while the next chunk is decoded in another thread.
+    decode_threads = max(1, min(int(options.threads), os.cpu_count() or 1))
+    # The one full-size copy of the movie: the stored integer frames (global shifts of an integer TIFF or an EER
+    # movie without a defect map: 1/4 or 1/2 of a float32 copy; gain applied in the binning and, once the shifts
+    # are known, in the FFT padding), else the float32 frames (local model: cut into tiles later) or, for other
+    # global cases, their spectra, computed while the next chunk is decoded.  Decoding starts here, before the
+    # engine is loaded, and never waits for the binning (the stored frames have their place in `raw` already).
+    raw = None
+    raw_dtype = inputs.calc_raw_dtype(header)
+    if not local and mask is None and raw_dtype is not None:
+        raw = np.empty((last - first + 1,) + shape, raw_dtype)
+        raw_gain = gain if gain is not None else np.ones((1, 1), np.float32)
+        decoded = BackgroundIterator(inputs.iter_raw_frames(movie_path, header, first, last, decode_threads, raw),
+                                     depth=len(raw))
+    else:
+        decoded = BackgroundIterator(inputs.iter_corrected_chunks(
+            movie_path, first, last, options.eer_grouping, options.eer_sampling, decode_threads, gain, mask))
+    try:
+        internal = load_engine()
+        threads = set_thread_limits(options.threads)
+        factor = internal.calc_alignment_binning(shape, options.pixel_size_A, options.bfactor_global_A2)
+        fine = internal.calc_refinement_binning(shape, options.pixel_size_A, options.bfactor_local_A2, factor)
+        # The alignment's frames: binned by `fine`, cropped to fast FFT sizes, transformed as they come.
+        fine_yx = (internal.calc_fast_size_below(shape[0] // fine), internal.calc_fast_size_below(shape[1] // fine))
+        small_spectra = np.empty((last - first + 1, fine_yx[0], fine_yx[1] // 2 + 1), np.complex64)
+        state = internal.calc_sum_plan(shape, tiled=local, with_dw=with_dw)
+    except BaseException:
+        decoded.close()
+        raise
     stored: list[np.ndarray] = []
     means: list[float] = []
 
@@ -225,29 +272,18 @@ def align_movie_file(movie_path, out_path, options: MotionOptions) -> MotionOutc
         small_spectra[k, 0, 0] = 0.0
         return means[-1]
 
-    # Global shifts of an integer TIFF or an EER movie without a defect map: keep the frames as counts (1/4
-    # or 1/2 of a float32 copy); gain is applied in the binning and, once the shifts are known, in the FFT
-    # padding.
-    raw = None
-    raw_dtype = inputs.calc_raw_dtype(header)
-    if not local and mask is None and raw_dtype is not None:
-        raw = np.empty((last - first + 1,) + shape, raw_dtype)
-        raw_gain = gain if gain is not None else np.ones((1, 1), np.float32)
-        # Decoding never waits for the binning (the frames have their place in `raw` already), so it goes on
-        # while this thread loads the numba functions or bins.
-        for j in iter_in_background(inputs.iter_raw_frames(movie_path, header, first, last, threads, raw),
-                                    depth=len(raw)):
+    if raw is not None:
+        for j in decoded:
             add_small_frame(internal.calc_binned_raw_frame(raw[j], raw_gain, gain is not None, fine))
-    chunks = () if raw is not None else inputs.iter_corrected_chunks(
-        movie_path, first, last, options.eer_grouping, options.eer_sampling, threads, gain, mask)
-    for _, chunk in iter_in_background(chunks):
-        chunk_means = [add_small_frame(small_frame) for small_frame in internal.calc_binned_frames(chunk, fine)]
-        if local:
-            stored.extend(chunk)
-        else:
-            for frame, mean in zip(chunk, chunk_means):
-                stored.append(internal.calc_frame_spectrum(state, frame, mean, threads))
-        del chunk
+    else:
+        for _, chunk in decoded:
+            chunk_means = [add_small_frame(small_frame) for small_frame in internal.calc_binned_frames(chunk, fine)]
+            if local:
+                stored.extend(chunk)
+            else:
+                for frame, mean in zip(chunk, chunk_means):
+                    stored.append(internal.calc_frame_spectrum(state, frame, mean, threads))
+            del chunk
     del mask
     if raw is None:
         del gain
@@ -289,30 +325,11 @@ def align_movie_file(movie_path, out_path, options: MotionOptions) -> MotionOutc
         pre = (options.pre_exposure_e_per_A2 + first * options.dose_per_frame_e_per_A2) * calc_dose_factor(options.voltage_kV)
         table, step = internal.calc_weight_table(options.pixel_size_A, dose, n, pre)
     if raw is not None:
-        # The frames' full-size FFTs, one frame per thread (padding × gain, FFT), started once the alignment is
-        # done (earlier they would only compete with it for the cores, and their buffers could not reuse the
-        # alignment's memory), and summed here in frame order as they arrive.
-        fft_pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="frame-fft")
-        padded_yx, has_gain = state.padded_yx, gain is not None
-
-        def submit_fft(k: int):
-            return fft_pool.submit(internal.calc_raw_frame_spectrum, raw[k], raw_gain, has_gain, means[k], padded_yx)
-
-        pending = deque()
-        try:
-            pending.extend(submit_fft(k) for k in range(min(n, threads)))
-            for j in range(n):
-                spectrum = pending.popleft().result()
-                if j + threads < n:
-                    pending.append(submit_fft(j + threads))
-                internal.calc_add_spectra(state, spectrum, shifts[j].reshape(1, 2),
-                                          None if table is None else table[j], step)
-                del spectrum
-        finally:
-            for future in pending:
-                future.cancel()
-            fft_pool.shutdown(wait=True)
-        del raw, raw_gain, gain, pending
+        # The frames' full-size FFTs and phase-shifted sums, one frame per thread, each thread with its own partial
+        # sums; started once the alignment is done (earlier they would only compete with it for the cores, and
+        # their buffers could not reuse the alignment's memory).
+        internal.calc_add_raw_frames(state, raw, raw_gain, gain is not None, means, shifts, table, step, threads)
+        del raw, raw_gain, gain
     stored.reverse()
     for j in range(len(stored)):
         item = stored.pop()  # free each frame/spectrum as soon as it is summed
@@ -408,8 +425,10 @@ def warm_up_engines(work_dir=None, prepare_process: bool = True,
     import tempfile
 
     import mrcfile
+    import numba
     import tifffile
 
+    numba_threads = numba.config.NUMBA_NUM_THREADS
     if prepare_process:
         prepare_worker_process()
     seconds: dict[str, float] = {}
@@ -430,14 +449,14 @@ def warm_up_engines(work_dir=None, prepare_process: bool = True,
             path = folder / f"movie-{np.dtype(dtype).name}.tif"
             tifffile.imwrite(path, calc_warm_up_movie(dtype), compression="lzw")
             runs.append((path, MotionOptions(pixel_size_A=1.0, gain_path=str(gain), dose_per_frame_e_per_A2=2.0,
-                                             appion_log=True, threads=numba.config.NUMBA_NUM_THREADS)))
+                                             appion_log=True, threads=numba_threads)))
         if "float32" in cases:
             path = folder / "movie-float32.mrc"
             with mrcfile.new(path) as mrc:
                 mrc.set_data(calc_warm_up_movie(np.float32))
             runs.append((path, MotionOptions(pixel_size_A=1.0, defects_path=str(defects), patch_cols=2,
                                              patch_rows=2, dose_per_frame_e_per_A2=2.0,
-                                             threads=numba.config.NUMBA_NUM_THREADS)))
+                                             threads=numba_threads)))
         for path, options in runs:
             t0 = time.perf_counter()
             align_movie_file(path, folder / (path.stem + "-aligned.mrc"), options)
@@ -516,7 +535,7 @@ def cmd_motion_align(args: argparse.Namespace) -> int:
             message = f"{exc.filename}: {message}"
         print(f"appion motion align: error: {message}", file=sys.stderr)
         return 1
-    total, early, late = internal.calc_motion_summary(outcome.shifts_px)
+    total, early, late = load_engine().calc_motion_summary(outcome.shifts_px)
     print(f"{args.movie}: {outcome.n_frames} frames, drift {total * options.pixel_size_A:.1f} Å "
           f"({total:.2f} px), wrote {outcome.sum_path}"
           + (f", {outcome.dw_path}" if outcome.dw_path else "")

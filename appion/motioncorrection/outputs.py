@@ -29,7 +29,6 @@ from appion.base.io.files import make_temp_path, write_atomic
 from appion.base.io.plot import calc_ticks, format_tick
 from appion.base.io.plot import draw_text_vertical
 from appion.base.io.plot import font as plot_font
-from appion.motioncorrection.calc.internal import calc_motion_summary, calc_poly_basis
 
 # Movie kinds RELION reads with the y axis reversed (TIFF only; EER is rendered in stream order): for the STAR files
 # written here and for calc.external.relion.calc_displacement_from_relion_shifts, which reads RELION's back.
@@ -93,6 +92,8 @@ def calc_relion_model_coeffs(coeffs: np.ndarray, shape_yx: tuple[int, int], n_fr
     (−displacement) at positions in its own reading of the movie (y flipped for TIFF: RELION_FLIPPED_FORMATS).
     Re-fitted on a grid, which is exact because the basis is closed under y -> −y.
     """
+    from appion.motioncorrection.calc.internal import calc_poly_basis  # numba: loaded by the engine already
+
     ny, nx = shape_yx
     xs = np.linspace(0, nx - 1, 7)
     ys = np.linspace(0, ny - 1, 7)
@@ -276,6 +277,8 @@ def calc_shift_plot_png(displacements_px: np.ndarray, pixel_size_A: float, first
     is known), late = the rest.  Pure rendering (Pillow), so it can run in a thread while the frames are summed.
     """
     from PIL import Image, ImageDraw
+
+    from appion.motioncorrection.calc.internal import calc_motion_summary  # numba: loaded by the engine already
 
     d = np.asarray(displacements_px, float)
     d = d - d[0]

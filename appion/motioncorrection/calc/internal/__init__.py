@@ -13,7 +13,7 @@ from sums over the spectra, see refine); shifts are applied once, at full size, 
 ramps while the frames are summed (and exposure weighted) in Fourier space.
 For global alignment of integer TIFF movies the command keeps the frames as stored (8/16-bit,
 1/4 or 1/2 of a float32 copy) and applies the gain inside the binning and the FFT padding
-(calc_binned_raw_frame, calc_raw_frame_spectrum: the same float32 arithmetic as the corrected
+(calc_binned_raw_frame, calc_add_raw_frames: the same float32 arithmetic as the corrected
 frames, so the results are identical); one frame per thread is transformed once the shifts are
 known.  For other global cases the full-size FFT of each frame does not depend on the shifts, so
 the command computes it while the next frames are decoded and keeps the spectra instead of the
@@ -55,7 +55,7 @@ from __future__ import annotations
 
 from appion.motioncorrection.calc.internal.align import (
     AlignmentResult, _find_peaks, calc_alignment_binning, calc_binned_frames, calc_binned_raw_frame, calc_cc_shape,
-    calc_cropped_bfactor_filter, calc_fast_size_below, calc_frame_shifts, calc_phase_vectors, calc_raw_frame_spectrum,
+    calc_cropped_bfactor_filter, calc_fast_size_below, calc_frame_shifts, calc_phase_vectors,
     calc_shifted_spectra_inplace, calc_spectra)  # noqa: F401 (_find_peaks: tests)
 from appion.motioncorrection.calc.internal.local import (N_POLY_TERMS, calc_local_model, calc_local_shifts_at,
                                                          calc_patch_boxes, calc_patch_trajectories, calc_poly_basis,
@@ -67,13 +67,14 @@ from appion.motioncorrection.calc.internal.refine import (
     calc_weighted_filter)
 from appion.motioncorrection.calc.internal.summary import calc_motion_summary, calc_trajectory_rms_error
 from appion.motioncorrection.calc.internal.sums import (
-    K_TABLE_SIZE, TILE_CORE_PX, TILE_MARGIN_PX, SumState, calc_add_frame, calc_add_spectra, calc_edge_taper,
+    K_TABLE_SIZE, TILE_CORE_PX, TILE_MARGIN_PX, SumState, calc_add_frame, calc_add_raw_frames, calc_add_spectra,
+    calc_edge_taper,
     calc_finished_sums, calc_fourier_crop, calc_frame_spectrum, calc_output_shape, calc_sum_plan, calc_tile_shifts,
     calc_weight_table)
 
 __all__ = [
     "N_POLY_TERMS", "TILE_CORE_PX", "TILE_MARGIN_PX", "K_TABLE_SIZE",
-    "calc_alignment_binning", "calc_binned_frames", "calc_binned_raw_frame", "calc_raw_frame_spectrum",
+    "calc_alignment_binning", "calc_binned_frames", "calc_binned_raw_frame",
     "calc_spectra", "calc_phase_vectors", "calc_shifted_spectra_inplace", "calc_cc_shape",
     "calc_cropped_bfactor_filter", "calc_fast_size_below", "AlignmentResult", "calc_frame_shifts",
     "REFINE_FILTER_AT_NYQUIST", "REFINE_MAX_PIXELS", "NEWTON_MAX_STEP_PX", "SEARCH_SIZE_PX",
@@ -82,6 +83,7 @@ __all__ = [
     "calc_patch_boxes", "calc_taper", "calc_patch_trajectories", "calc_poly_basis", "calc_local_model",
     "calc_local_shifts_at",
     "calc_weight_table", "SumState", "calc_sum_plan", "calc_edge_taper", "calc_frame_spectrum", "calc_add_spectra",
+    "calc_add_raw_frames",
     "calc_add_frame", "calc_output_shape", "calc_fourier_crop", "calc_finished_sums", "calc_tile_shifts",
     "calc_trajectory_rms_error", "calc_motion_summary",
 ]

@@ -98,7 +98,7 @@ def calc_binned_raw_frame(raw, gain, has_gain, factor):
 def _pad_raw_with_mean(raw, gain, has_gain, mean, out):
     """out[:y, :x] = float32(raw) · gain, the rest of out (py ≥ y, px ≥ x) = mean.
 
-    Serial on purpose: it runs in several Python threads at once (one frame each).
+    Serial on purpose: it runs in several Python threads at once (one frame each, sums.calc_add_raw_frames).
     """
     ny, nx = raw.shape
     py, px = out.shape
@@ -114,18 +114,6 @@ def _pad_raw_with_mean(raw, gain, has_gain, mean, out):
     for y in range(ny, py):
         for x in range(px):
             out[y, x] = mean
-
-
-def calc_raw_frame_spectrum(raw: np.ndarray, gain: np.ndarray, has_gain: bool, frame_mean: float,
-                            padded_yx: tuple[int, int]) -> np.ndarray:
-    """calc_frame_spectrum of a stored frame: raw (y, x) integer counts × gain (y, x) float32, padded
-    with frame_mean to padded_yx -> (1, py, px//2+1) complex64.
-
-    One thread per frame (no numba pool, one FFT thread), so several frames transform at once.
-    """
-    buffer = np.empty((1,) + tuple(padded_yx), np.float32)
-    _pad_raw_with_mean(raw, gain, has_gain, np.float32(frame_mean), buffer[0])
-    return calc_rfft2(buffer)
 
 
 def calc_spectra(frames: np.ndarray, workers: int = 1) -> np.ndarray:
