@@ -294,7 +294,8 @@ def align_movie_file(movie_path, out_path, options: MotionOptions) -> MotionOutc
     # Search on a Fourier crop (global B-factor), then Newton refinement on the finer frames (local B).
     result = internal.calc_global_alignment(small_spectra, fine_yx, fine, factor, options.pixel_size_A,
                                             options.bfactor_global_A2, options.bfactor_local_A2,
-                                            options.max_iterations, options.tolerance_px, workers=threads)
+                                            options.max_iterations, options.tolerance_px, workers=threads,
+                                            keep_aligned=local)  # only the patches look at the aligned frames
     shifts, converged = result.shifts_px, result.converged
     model = None
     if local:  # patches of the aligned frames, Fourier-cropped to `factor` binning

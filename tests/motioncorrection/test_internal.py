@@ -131,6 +131,9 @@ def test_stored_frames_sum_like_their_float_copies(threads):
     I.calc_add_raw_frames(got, raw, gain, True, means, shifts, table, step, threads)
     for ours, theirs in ((got.total, expected.total), (got.total_dw, expected.total_dw)):
         assert np.abs(ours - theirs).max() < 1e-5 * np.abs(theirs).max()
+    again = I.calc_sum_plan(shape, tiled=False, with_dw=True)
+    I.calc_add_raw_frames(again, raw, gain, True, means, shifts, table, step, threads)
+    assert np.array_equal(again.total, got.total) and np.array_equal(again.total_dw, got.total_dw)  # same bits
     ac = (0, slice(1, None), slice(1, None))  # away from the mean (weight 1 at |f| = 0)
     assert np.abs(got.total_dw[ac] - got.total[ac]).max() > 0.1 * np.abs(got.total[ac]).max()  # weighted
 

@@ -158,12 +158,14 @@ def calc_newton_steps(sums: np.ndarray, max_step_px: float = NEWTON_MAX_STEP_PX)
 
 
 def calc_newton_shifts(spectra: np.ndarray, shape_yx: tuple[int, int], pixel_size_A: float, bfactor_A2: float,
-                       max_iterations: int = 10, tolerance_px: float = 0.005) -> AlignmentResult:
+                       max_iterations: int = 10, tolerance_px: float = 0.005,
+                       keep_aligned: bool = True) -> AlignmentResult:
     """Newton refinement of each frame against the sum of the others (see the module docstring).
 
     spectra: (n, y, x//2+1) complex64 rfft2 of nearly aligned frames (mean removed); modified in place: on
-    return each holds its frame shifted by −d_i.  Returns AlignmentResult (shifts relative to frame 0, in
-    these pixels; converged when the RMS update < tolerance_px).
+    return each holds its frame shifted by −d_i (keep_aligned=False: except for the last, converged update, for
+    a caller that only wants the shifts — one pass over the spectra less).  Returns AlignmentResult (shifts
+    relative to frame 0, in these pixels; converged when the RMS update < tolerance_px).
     """
     n, ny, nxh = spectra.shape
     nx = shape_yx[1]
@@ -183,11 +185,12 @@ def calc_newton_shifts(spectra: np.ndarray, shape_yx: tuple[int, int], pixel_siz
         update = -peaks  # the others sit at +peak relative to the frame (as in calc_frame_shifts)
         update -= update.mean(axis=0)  # keep the reference where it is
         shifts += update
-        calc_shifted_spectra_inplace(spectra, update, nx, total)
         rms = float(np.sqrt(np.mean(np.sum(update * update, axis=1))))
         history.append(rms)
-        if rms < tolerance_px:
-            converged = True
+        converged = rms < tolerance_px
+        if not (converged and not keep_aligned):
+            calc_shifted_spectra_inplace(spectra, update, nx, total)
+        if converged:
             break
     return AlignmentResult(shifts - shifts[0], tuple(history), converged)
 
@@ -209,11 +212,12 @@ class GlobalAlignment:
 def calc_global_alignment(spectra: np.ndarray, shape_yx: tuple[int, int], factor: int, coarse_factor: int,
                           pixel_size_A: float, bfactor_global_A2: float, bfactor_local_A2: float,
                           max_iterations: int = 10, tolerance_px: float = 0.02, workers: int = 1,
-                          search_size_px: int = SEARCH_SIZE_PX) -> GlobalAlignment:
+                          search_size_px: int = SEARCH_SIZE_PX, keep_aligned: bool = True) -> GlobalAlignment:
     """Two-stage global alignment (module docstring) of frames binned by `factor`.
 
     spectra: (n, y, x//2+1) complex64 rfft2 of the binned frames (y, x) = shape_yx, mean removed; modified in
-    place: on return the frames are aligned.  pixel_size_A: unbinned.  tolerance_px: unbinned pixels.
+    place: on return the frames are aligned (keep_aligned=False: to within the last, converged Newton update; see
+    calc_newton_shifts).  pixel_size_A: unbinned.  tolerance_px: unbinned pixels.
     The search runs with the global B-factor (wide search, until the RMS update < 0.25 unbinned px) on a
     Fourier crop to search_size_px along the shorter side, or to coarse_factor binning (calc_alignment_binning)
     where that is coarser; the refinement on the spectra themselves with the local B-factor.
@@ -230,7 +234,7 @@ def calc_global_alignment(spectra: np.ndarray, shape_yx: tuple[int, int], factor
     start = search.shifts_px * scale  # refinement pixels
     calc_shifted_spectra_inplace(spectra, start, shape_yx[1])
     refinement = calc_newton_shifts(spectra, shape_yx, pixel_size_A * factor, bfactor_local_A2, max_iterations,
-                                    tolerance_px / factor)
+                                    tolerance_px / factor, keep_aligned)
     shifts = (start + refinement.shifts_px) * factor
     return GlobalAlignment(shifts - shifts[0], coarse_shape, search.converged and refinement.converged, search,
                            refinement)

@@ -222,10 +222,11 @@ def calc_add_raw_frames(state: SumState, raw: np.ndarray, gain: np.ndarray, has_
     (a (1, 1) dummy unless has_gain), frame j padded with means[j] and moved by −shifts_px[j] ((n, 2) [dx, dy]),
     weighted by weight_table[j] (calc_weight_table) when the plan has exposure-weighted sums.
 
-    `threads` threads take the frames in turn; each pads its frame into its own buffer, transforms it (one FFT
-    thread) into its own spectrum buffer and adds it to its own partial sums (the calling thread to the plan's),
-    so nothing waits for anything but the cores; the partial sums are added at the end.  Memory: per extra
-    thread one float32 and one to two complex64 frame-sized buffers beside its spectrum buffer.
+    Thread w of `threads` takes frames w, w + threads, ...: it pads each into its own buffer, transforms it (one
+    FFT thread) into its own spectrum buffer and adds it to its own partial sums (thread 0 to the plan's), so
+    nothing waits for anything but the cores; the partial sums are added at the end, in thread order (the same
+    movie and thread count always give the same bits).  Memory: per extra thread one float32 and one to two
+    complex64 frame-sized buffers beside its spectrum buffer.
     """
     if len(state.tile_origins) != 1 or state.margin != 0:
         raise ValueError("calc_add_raw_frames: the plan must be a global (untiled) one")
@@ -234,8 +235,6 @@ def calc_add_raw_frames(state: SumState, raw: np.ndarray, gain: np.ndarray, has_
     do_dw = state.total_dw is not None and weight_table is not None
     phase_y, phase_x = calc_phase_vectors(np.asarray(shifts_px, np.float64).reshape(n, 2), py, px)
     ones = np.ones(2, np.float32)
-    lock = threading.Lock()
-    next_frame = iter(range(n))
     workers = max(1, min(int(threads), n))
     partials: list[tuple[np.ndarray, np.ndarray]] = []
     for w in range(workers):
@@ -253,10 +252,8 @@ def calc_add_raw_frames(state: SumState, raw: np.ndarray, gain: np.ndarray, has_
         buffer = np.empty((py, px), np.float32)
         spectrum = np.empty((py, px // 2 + 1), np.complex64)
         try:
-            while not errors:
-                with lock:
-                    j = next(next_frame, None)
-                if j is None:
+            for j in range(w, n, workers):
+                if errors:
                     return
                 _pad_raw_with_mean(raw[j], gain, has_gain, np.float32(means[j]), buffer)
                 calc_rfft2(buffer, out=spectrum)
