@@ -102,6 +102,46 @@ def calc_written_zeros(shape: tuple[int, ...], dtype) -> np.ndarray:
     return out
 
 
+@njit(cache=True, parallel=True, nogil=True)
+def _calc_weight_positions(full_ny, full_nx, wstep, n_samples):
+    """Where each element of a (full_ny, full_nx) image's rfft2 falls on the |f| weight table (step wstep,
+    n_samples): (index (y, x//2+1) int16, fraction (y, x//2+1) float32), so that the weight is
+    table[index]·(1 − fraction) + table[index + 1]·fraction; beyond the table, the last sample.  The same for
+    every frame: computed once per movie instead of a square root per element and frame."""
+    nxh = full_nx // 2 + 1
+    index = np.empty((full_ny, nxh), np.int16)
+    fraction = np.empty((full_ny, nxh), np.float32)
+    for y in prange(full_ny):
+        fy = (y if y < (full_ny + 1) // 2 else y - full_ny) / full_ny  # as numpy fftfreq
+        for x in range(nxh):
+            fx = x / full_nx
+            pos = math.sqrt(fx * fx + fy * fy) / wstep
+            i0 = int(pos)
+            if i0 >= n_samples - 1:
+                index[y, x] = n_samples - 2
+                fraction[y, x] = 1.0
+            else:
+                index[y, x] = i0
+                fraction[y, x] = pos - i0
+    return index, fraction
+
+
+@njit(cache=True, nogil=True)
+def _accumulate_frame_weighted(spectrum, py, px, wrow, index, fraction, total, total_dw):
+    """_accumulate_frame with exposure weights, serial: total += G, total_dw += w·G, G = spectrum · py[y] · px[x],
+    w from this frame's table row wrow at _calc_weight_positions' (index, fraction).  All (y, x//2+1)."""
+    ny, nxh = spectrum.shape
+    one = np.float32(1.0)
+    for y in range(ny):
+        a = py[y]
+        for x in range(nxh):
+            g = spectrum[y, x] * (a * px[x])
+            total[y, x] += g
+            i = index[y, x]
+            f = fraction[y, x]
+            total_dw[y, x] += g * (wrow[i] * (one - f) + wrow[i + 1] * f)
+
+
 @dataclass
 class SumState:
     """Running Fourier-space sums of shifted frames (one 'tile' = the whole frame when global)."""
@@ -245,6 +285,8 @@ def calc_add_raw_frames(state: SumState, raw: np.ndarray, gain: np.ndarray, has_
             total = calc_written_zeros(state.total[0].shape, np.complex64)
             total_dw = calc_written_zeros(total.shape, np.complex64) if do_dw else total
         partials.append((total, total_dw))
+    if do_dw:
+        index, fraction = _calc_weight_positions(py, px, weight_step, weight_table.shape[1])
     errors: list[BaseException] = []
 
     def run(w: int) -> None:
@@ -257,8 +299,12 @@ def calc_add_raw_frames(state: SumState, raw: np.ndarray, gain: np.ndarray, has_
                     return
                 _pad_raw_with_mean(raw[j], gain, has_gain, np.float32(means[j]), buffer)
                 calc_rfft2(buffer, out=spectrum)
-                wrow = weight_table[j] if do_dw else ones
-                _accumulate_frame(spectrum, phase_y[j], phase_x[j], py, px, wrow, weight_step, total, total_dw, do_dw)
+                if do_dw:
+                    _accumulate_frame_weighted(spectrum, phase_y[j], phase_x[j], weight_table[j], index, fraction,
+                                               total, total_dw)
+                else:
+                    _accumulate_frame(spectrum, phase_y[j], phase_x[j], py, px, ones, weight_step, total, total,
+                                      False)
         except BaseException as exc:  # re-raised in the caller
             errors.append(exc)
 
