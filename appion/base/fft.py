@@ -35,30 +35,32 @@ _mkl_fft = _load_mkl_fft()
 FFT_BACKEND = "mkl" if _mkl_fft is not None else "scipy"
 
 
-def _run_split(count: int, workers: int, work) -> None:
-    """work(start, stop) over [0, count) in min(workers, count) threads (the calling thread takes the first share)."""
-    workers = max(1, min(int(workers), count))
-    if workers == 1:
-        work(0, count)
-        return
-    bounds = [count * i // workers for i in range(workers + 1)]
+def run_in_threads(workers: int, work, name: str = "share") -> None:
+    """work(w) for w in range(workers): w = 0 in the calling thread, the others in threads of their own; returns
+    when all are done and re-raises the first exception any of them raised."""
     errors: list[BaseException] = []
 
-    def run(start: int, stop: int) -> None:
+    def run(w: int) -> None:
         try:
-            work(start, stop)
+            work(w)
         except BaseException as exc:  # re-raised in the caller
             errors.append(exc)
 
-    threads = [threading.Thread(target=run, args=(bounds[i], bounds[i + 1]), name="fft-share")
-               for i in range(1, workers)]
+    threads = [threading.Thread(target=run, args=(w,), name=f"{name}-{w}") for w in range(1, workers)]
     for thread in threads:
         thread.start()
-    run(bounds[0], bounds[1])
+    run(0)
     for thread in threads:
         thread.join()
     if errors:
         raise errors[0]
+
+
+def _run_split(count: int, workers: int, work) -> None:
+    """work(start, stop) over [0, count) in min(workers, count) threads (run_in_threads), contiguous shares."""
+    workers = max(1, min(int(workers), count))
+    bounds = [count * i // workers for i in range(workers + 1)]
+    run_in_threads(workers, lambda w: work(bounds[w], bounds[w + 1]), name="fft")
 
 
 def calc_rfft2(images: np.ndarray, workers: int = 1, out: np.ndarray | None = None) -> np.ndarray:

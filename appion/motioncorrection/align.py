@@ -76,7 +76,7 @@ class BackgroundIterator:
     starts before the engine is loaded and overlaps its FFTs.
 
     Iterating yields the items; exceptions from the iterator are re-raised there.  close() (also run when the
-    iteration ends or the consumer stops early, and by `with`) tells the thread to stop at its next item.
+    iteration ends or the consumer stops early) tells the thread to stop at its next item.
     """
 
     _DONE = object()
@@ -124,17 +124,6 @@ class BackgroundIterator:
                 self._items.get_nowait()
             except queue.Empty:
                 self._thread.join(timeout=0.05)
-
-    def __enter__(self) -> "BackgroundIterator":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-
-def iter_in_background(iterator, depth: int = 1) -> BackgroundIterator:
-    """BackgroundIterator(iterator, depth): started now, iterated by the caller."""
-    return BackgroundIterator(iterator, depth)
 
 
 def load_engine():
@@ -196,8 +185,6 @@ def set_thread_limits(threads: int) -> int:
     (measured on a K3 movie at 2 threads: ~0.9 s less CPU, ~0.4 s less wall).  It takes effect when the
     OpenMP runtime starts, i.e. before this process's first parallel loop (a worker's warm-up).
     """
-    import os
-
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     import numba
 

@@ -19,7 +19,7 @@ from appion.base.entry import Command
 # Names that lived here before the parser and the implementation were split: still importable from
 # this module (imported from appion.motioncorrection.align on first use, so the parser stays light).
 _MOVED_TO_ALIGN = ("MotionOptions", "MotionOutcome", "align_movie_file", "calc_options", "calc_output_paths",
-                   "calc_dose_factor", "check_options", "cmd_motion_align", "iter_in_background",
+                   "calc_dose_factor", "check_options", "cmd_motion_align", "BackgroundIterator",
                    "set_malloc_keeps_freed_memory", "set_numpy_hugepage_advice", "set_thread_limits")
 
 

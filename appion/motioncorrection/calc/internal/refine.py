@@ -188,7 +188,7 @@ def calc_newton_shifts(spectra: np.ndarray, shape_yx: tuple[int, int], pixel_siz
         rms = float(np.sqrt(np.mean(np.sum(update * update, axis=1))))
         history.append(rms)
         converged = rms < tolerance_px
-        if not (converged and not keep_aligned):
+        if keep_aligned or not converged:
             calc_shifted_spectra_inplace(spectra, update, nx, total)
         if converged:
             break

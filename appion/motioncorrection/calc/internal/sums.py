@@ -2,14 +2,13 @@
 from __future__ import annotations
 
 import math
-import threading
 from dataclasses import dataclass
 
 import numpy as np
 import scipy.fft
 from numba import njit, prange
 
-from appion.base.fft import calc_irfft2, calc_rfft2
+from appion.base.fft import calc_irfft2, calc_rfft2, run_in_threads
 from appion.base.physics import calc_exposure_weights
 from appion.motioncorrection.calc.internal.align import _pad_raw_with_mean, calc_phase_vectors
 from appion.motioncorrection.calc.internal.local import calc_poly_basis
@@ -20,7 +19,8 @@ K_TABLE_SIZE = 4096
 # Frames each thread of calc_add_raw_frames transforms before adding them to its sums in one pass, without and
 # with exposure-weighted sums (measured on a K3 movie, 2 threads: 2 saves 0.2 s of 2.7 with weighting and costs
 # 0.1 s of 1.9 without, the extra spectrum buffer's page faults outweighing one less read and write of one sum).
-FRAMES_PER_PASS = (1, 2)
+FRAMES_PER_PASS = 1
+FRAMES_PER_PASS_WEIGHTED = 2
 
 
 # ----------------------------------------------------------------------------------------
@@ -41,33 +41,6 @@ def calc_weight_table(pixel_size_A: float, dose_per_frame_e_per_A2: float, n_fra
     return (table * np.float32(math.sqrt(n_frames))).astype(np.float32), step
 
 
-@njit(cache=True, nogil=True)
-def _accumulate_row(spectrum_row, a, px_row, fy, full_nx, wrow, wstep, total_row, dw_row, do_dw):
-    """One row of _accumulate_tiles: total_row += G, dw_row += w(|f|)·G with G = spectrum_row · a · px_row.
-
-    spectrum_row, px_row, total_row, dw_row: (x//2+1,) complex64; a: the row's y phase; fy: its frequency.
-    """
-    nxh = spectrum_row.shape[0]
-    nsamp = wrow.shape[0]
-    if not do_dw:
-        for x in range(nxh):
-            total_row[x] += spectrum_row[x] * (a * px_row[x])
-        return
-    fy2 = fy * fy
-    for x in range(nxh):
-        g = spectrum_row[x] * (a * px_row[x])
-        total_row[x] += g
-        fx = x / full_nx
-        pos = math.sqrt(fx * fx + fy2) / wstep
-        i0 = int(pos)
-        if i0 >= nsamp - 1:
-            w = wrow[nsamp - 1]
-        else:
-            frac = pos - i0
-            w = wrow[i0] * (1.0 - frac) + wrow[i0 + 1] * frac
-        dw_row[x] += g * np.float32(w)
-
-
 @njit(cache=True, parallel=True, nogil=True)
 def _accumulate_tiles(spectra, py, px, full_ny, full_nx, wrow, wstep, total, total_dw, do_dw):
     """total[t] += G_t and total_dw[t] += w(|f|)·G_t, with G_t = spectra[t] · py[t, y] · px[t, x].
@@ -76,11 +49,29 @@ def _accumulate_tiles(spectra, py, px, full_ny, full_nx, wrow, wstep, total, tot
     from calc_phase_vectors.  wrow: (n_samples,) weights of this frame on the |f| table (step wstep).
     """
     m, ny, nxh = spectra.shape
+    nsamp = wrow.shape[0]
     for job in prange(m * ny):
         t = job // ny
         y = job % ny
         fy = (y if y < (full_ny + 1) // 2 else y - full_ny) / full_ny  # as numpy fftfreq
-        _accumulate_row(spectra[t, y], py[t, y], px[t], fy, full_nx, wrow, wstep, total[t, y], total_dw[t, y], do_dw)
+        a = py[t, y]
+        if not do_dw:
+            for x in range(nxh):
+                total[t, y, x] += spectra[t, y, x] * (a * px[t, x])
+            continue
+        fy2 = fy * fy
+        for x in range(nxh):
+            g = spectra[t, y, x] * (a * px[t, x])
+            total[t, y, x] += g
+            fx = x / full_nx
+            pos = math.sqrt(fx * fx + fy2) / wstep
+            i0 = int(pos)
+            if i0 >= nsamp - 1:
+                w = wrow[nsamp - 1]
+            else:
+                frac = pos - i0
+                w = wrow[i0] * (1.0 - frac) + wrow[i0 + 1] * frac
+            total_dw[t, y, x] += g * np.float32(w)
 
 
 def calc_written_zeros(shape: tuple[int, ...], dtype) -> np.ndarray:
@@ -307,41 +298,28 @@ def calc_add_raw_frames(state: SumState, raw: np.ndarray, gain: np.ndarray, has_
             total = calc_written_zeros(state.total[0].shape, np.complex64)
             total_dw = calc_written_zeros(total.shape, np.complex64) if do_dw else total
         partials.append((total, total_dw))
-    per_pass = FRAMES_PER_PASS[1] if do_dw else FRAMES_PER_PASS[0]
+    per_pass = FRAMES_PER_PASS_WEIGHTED if do_dw else FRAMES_PER_PASS
     if do_dw:
         index, fraction = _calc_weight_positions(py, px, weight_step, weight_table.shape[1])
-    errors: list[BaseException] = []
 
     def run(w: int) -> None:
         total, total_dw = partials[w]
         buffer = np.empty((py, px), np.float32)
         spectra = np.empty((per_pass, py, px // 2 + 1), np.complex64)
         mine = list(range(w, n, workers))
-        try:
-            for start in range(0, len(mine), per_pass):
-                if errors:
-                    return
-                frames = mine[start:start + per_pass]
-                for b, j in enumerate(frames):
-                    _pad_raw_with_mean(raw[j], gain, has_gain, np.float32(means[j]), buffer)
-                    calc_rfft2(buffer, out=spectra[b])
-                k = len(frames)
-                if do_dw:
-                    _accumulate_frames_weighted(spectra[:k], phase_y[frames], phase_x[frames], weight_table[frames],
-                                                index, fraction, total, total_dw)
-                else:
-                    _accumulate_frames(spectra[:k], phase_y[frames], phase_x[frames], total)
-        except BaseException as exc:  # re-raised in the caller
-            errors.append(exc)
+        for start in range(0, len(mine), per_pass):
+            frames = mine[start:start + per_pass]
+            for b, j in enumerate(frames):
+                _pad_raw_with_mean(raw[j], gain, has_gain, np.float32(means[j]), buffer)
+                calc_rfft2(buffer, out=spectra[b])
+            k = len(frames)
+            if do_dw:
+                _accumulate_frames_weighted(spectra[:k], phase_y[frames], phase_x[frames], weight_table[frames],
+                                            index, fraction, total, total_dw)
+            else:
+                _accumulate_frames(spectra[:k], phase_y[frames], phase_x[frames], total)
 
-    helpers = [threading.Thread(target=run, args=(w,), name="frame-sum") for w in range(1, workers)]
-    for thread in helpers:
-        thread.start()
-    run(0)
-    for thread in helpers:
-        thread.join()
-    if errors:
-        raise errors[0]
+    run_in_threads(workers, run, name="frame-sum")
     for total, total_dw in partials[1:]:
         state.total[0] += total
         if do_dw:
